@@ -1,0 +1,190 @@
+"""Load a fleet from a directory or from a Git commit, collecting every error.
+
+A fleet is every ``*.yaml`` / ``*.yml`` file under the fleet directory (hidden
+directories such as ``.git`` or ``.github`` are skipped) that a
+``.fleetignore`` at the fleet root does not exclude. Each document is parsed
+(:mod:`fleet.yamlsrc`), checked against its kind's schema (:mod:`fleet.schema`),
+built into a frozen object (:mod:`fleet.build`) and then checked across
+documents (:mod:`fleet.semantics`). All errors are collected and raised
+together as :class:`~fleet.errors.ModelErrors`.
+
+At a Git ref the tree is read straight from the object database with
+gitpython: no checkout, so it works on bare repositories (the pre-receive hook
+validates a pushed commit before the ref moves).
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Iterator
+from dataclasses import dataclass, replace
+from pathlib import Path
+from typing import Any
+
+import git
+
+from fleet import build, ignore, model, schema, semantics, yamlsrc
+from fleet.errors import FleetError, Location, ModelError, ModelErrors
+
+SUFFIXES = (".yaml", ".yml")
+
+
+@dataclass(frozen=True, slots=True)
+class Origin:
+    """Where a loaded fleet came from: Git commit (if any) and whether the tree was dirty."""
+
+    root: str
+    commit: str | None
+    dirty: bool
+    ref: str | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class Loaded:
+    fleet: model.Fleet
+    origin: Origin
+
+
+def _display(root: str, rel: str) -> str:
+    return rel if root in ("", ".") else f"{root.rstrip('/')}/{rel}"
+
+
+def _walk_dir(root: Path) -> Iterator[tuple[str, bytes]]:
+    rules = ignore.parse(_read_text(root / ignore.IGNORE_FILE))
+    for dirpath, dirnames, filenames in os.walk(root):
+        dirnames[:] = sorted(d for d in dirnames if not d.startswith("."))
+        base = Path(dirpath)
+        for filename in sorted(filenames):
+            if not filename.endswith(SUFFIXES):
+                continue
+            rel = (base / filename).relative_to(root).as_posix()
+            if ignore.ignored(rules, rel):
+                continue
+            yield rel, (base / filename).read_bytes()
+
+
+def _read_text(path: Path) -> str:
+    try:
+        return path.read_text(encoding="utf-8")
+    except FileNotFoundError:
+        return ""
+
+
+def _walk_tree(tree: Any) -> Iterator[tuple[str, bytes]]:
+    rules: tuple[ignore.Rule, ...] = ()
+    for item in tree.blobs:
+        if item.name == ignore.IGNORE_FILE:
+            rules = ignore.parse(item.data_stream.read().decode("utf-8", "replace"))
+    files = []
+    for item in tree.traverse(prune=lambda i, d: i.type == "tree" and i.name.startswith(".")):
+        if item.type != "blob" or not item.name.endswith(SUFFIXES):
+            continue
+        rel = os.path.relpath(item.path, tree.path) if tree.path else item.path
+        if any(part.startswith(".") for part in rel.split("/")[:-1]):
+            continue
+        if not ignore.ignored(rules, rel):
+            files.append((rel, item))
+    for rel, item in sorted(files, key=lambda f: f[0]):
+        yield rel, item.data_stream.read()
+
+
+def parse_files(files: Iterator[tuple[str, bytes]], root: str) -> model.Fleet:
+    """Parse, validate and assemble a fleet from ``(relative path, bytes)`` pairs."""
+    errors: list[ModelError] = []
+    entries: list[semantics.Entry] = []
+    for rel, data in files:
+        shown = _display(root, rel)
+        try:
+            docs = yamlsrc.parse(data, shown)
+        except ModelError as exc:
+            errors.append(exc)
+            continue
+        if not docs or all(d.value is None for d in docs):
+            errors.append(ModelError(Location(shown, 1, 1), "file holds no fleet documents"))
+            continue
+        for doc in docs:
+            if doc.value is None and len(docs) > 1:
+                continue  # an empty document between `---` separators
+            kind, problems = schema.envelope(doc)
+            if kind is None:
+                errors += problems
+                continue
+            problems = schema.validate(doc, kind)
+            if problems:
+                errors += problems
+                continue
+            source = model.Source(shown, doc.start[0])
+            obj = build.build(kind, doc.value, source)
+            entries.append(semantics.Entry(kind, doc.value["metadata"]["name"], obj, doc))
+    fleet, problems = semantics.check(entries)
+    errors += problems
+    if errors or fleet is None:
+        raise ModelErrors(errors)
+    return fleet
+
+
+def load_dir(path: str | os.PathLike[str]) -> model.Fleet:
+    """Load the fleet in a directory as it is on disk."""
+    root = Path(path)
+    if not root.is_dir():
+        raise FleetError(f"{path}: fleet directory does not exist")
+    return parse_files(_walk_dir(root), os.fspath(path))
+
+
+def load_git(path: str | os.PathLike[str], ref: str) -> Loaded:
+    """Load the fleet at ``ref`` of the repository that holds ``path`` (bare or not)."""
+    repo, sub = _open_repo(path)
+    try:
+        commit = repo.commit(ref)
+    except Exception as exc:  # gitpython raises several unrelated types here
+        raise FleetError(f"{path}: cannot resolve Git ref {ref!r}: {_first_line(exc)}") from exc
+    tree = commit.tree
+    if sub:
+        try:
+            tree = tree / sub
+        except KeyError:
+            raise FleetError(
+                f"{path}: {sub!r} does not exist at {ref} ({commit.hexsha[:12]})"
+            ) from None
+    fleet = parse_files(_walk_tree(tree), os.fspath(path))
+    origin = Origin(root=os.fspath(path), commit=commit.hexsha, dirty=False, ref=ref)
+    return Loaded(replace(fleet, commit=commit.hexsha), origin)
+
+
+def load(path: str | os.PathLike[str], ref: str | None = None) -> Loaded:
+    """Load from the work tree (recording HEAD and dirtiness if in Git) or from ``ref``."""
+    if ref is not None:
+        return load_git(path, ref)
+    fleet = load_dir(path)
+    commit, dirty = _work_tree_state(path)
+    return Loaded(replace(fleet, commit=commit), Origin(os.fspath(path), commit, dirty))
+
+
+def _open_repo(path: str | os.PathLike[str]) -> tuple[Any, str]:
+    try:
+        repo = git.Repo(path, search_parent_directories=True)
+    except (git.InvalidGitRepositoryError, git.NoSuchPathError) as exc:
+        raise FleetError(f"{path}: not inside a Git repository") from exc
+    if repo.bare:
+        return repo, ""
+    top = Path(repo.working_tree_dir or ".").resolve()
+    sub = Path(path).resolve().relative_to(top).as_posix()
+    return repo, "" if sub == "." else sub
+
+
+def _work_tree_state(path: str | os.PathLike[str]) -> tuple[str | None, bool]:
+    try:
+        repo, sub = _open_repo(path)
+    except FleetError:
+        return None, False
+    try:
+        head = repo.head.commit.hexsha
+    except ValueError:  # no commits yet
+        return None, True
+    dirty = repo.is_dirty(untracked_files=True, path=sub or None)
+    return head, bool(dirty)
+
+
+def _first_line(exc: BaseException) -> str:
+    text = str(exc).strip().splitlines()
+    return text[0] if text else type(exc).__name__
