@@ -13,9 +13,10 @@ from collections.abc import Sequence
 
 import fleet
 from fleet.errors import FleetError, ModelErrors
+from reconciler.commands import lab as lab_commands
 from reconciler.commands import model as model_commands
 
-GROUPS = [model_commands]
+GROUPS = [model_commands, lab_commands]
 
 
 def parser() -> argparse.ArgumentParser:
