@@ -175,7 +175,7 @@ def test_gate_waits_for_min_healthy_time(setup: tuple[Agent, Recorder, Clock]) -
 
 
 def test_gate_fails_at_the_deadline(setup: tuple[Agent, Recorder, Clock]) -> None:
-    agent, rec, clock = setup
+    agent, _, clock = setup
     results, _ = apply(
         agent, action("a1", "create", "e1", None, gate={"min_healthy_s": 0, "deadline_s": 5})
     )
