@@ -33,6 +33,7 @@ class GuestConfig:
     mtu: int = 0
     kill_signal: int = int(signal.SIGTERM)
     kill_timeout_ms: int = 5000
+    probe: bool = False
 
 
 def signal_number(name: str | int) -> int:
@@ -62,6 +63,8 @@ def encode(cfg: GuestConfig) -> bytes:
         ("kill_signal", str(cfg.kill_signal)),
         ("kill_timeout_ms", str(cfg.kill_timeout_ms)),
     ]
+    if cfg.probe:
+        records.append(("probe", "1"))
     if cfg.mtu:
         records.append(("mtu", str(cfg.mtu)))
     records += [("arg", a) for a in cfg.launch.argv]

@@ -17,7 +17,7 @@
  * Configuration: /etc/fleet/machine.conf in the initramfs, NUL-separated
  * "key=value" records (repeated keys keep their order): nonce, hostname,
  * rootdev, rootfstype, rootflags, arg, env, uid, gid, groups, workdir,
- * kill_signal, kill_timeout_ms, addr, gw, mtu. Modules to load, in order:
+ * kill_signal, kill_timeout_ms, addr, gw, mtu, probe (report and reboot at once). Modules to load, in order:
  * /etc/fleet/modules (one path per line).
  *
  * Built with `gcc -static -Os` by providers/guestinit/build.py.
@@ -68,6 +68,7 @@ static gid_t app_gid;
 static int kill_signal = SIGTERM;
 static long kill_timeout_ms = 5000;
 static int console_fd = -1;
+static int probe_only;
 
 static long uptime_ms(void) {
     struct timespec ts;
@@ -127,6 +128,7 @@ static void parse_conf(void) {
         else if (!strcmp(rec, "kill_signal")) kill_signal = atoi(v);
         else if (!strcmp(rec, "kill_timeout_ms")) kill_timeout_ms = atol(v);
         else if (!strcmp(rec, "mtu")) mtu = v;
+        else if (!strcmp(rec, "probe")) probe_only = 1;
     }
     args[nargs] = NULL;
     envs[nenvs] = NULL;
@@ -355,6 +357,11 @@ int main(void) {
     parse_conf();
     say("boot", "args=%d", nargs);
     load_modules();
+    if (probe_only) { /* the host only wants to know that this VMM/accelerator reaches init */
+        say("probe", "ok=1");
+        reboot(RB_AUTOBOOT);
+        return 0;
+    }
     mount_root();
     setup_network();
     switch_root();
