@@ -99,9 +99,9 @@ class Agent:
             live = handler.observe(rid, entry.spec) if handler else H.Observed()
             resources.append(_resource(entry, live))
         for kind, handler in sorted(self.handlers.items()):
-            for rid, live in handler.unmanaged():
-                if state.get(kind, rid) is None:
-                    resources.append(_resource(Entry(kind, rid, "", {}, owner="unmanaged"), live))
+            owned = [rid for (k, rid) in state.entries if k == kind]
+            for rid, live in handler.unmanaged(owned):
+                resources.append(_resource(Entry(kind, rid, "", {}, owner="unmanaged"), live))
         f = self.facts
         return {
             "protocol_version": PROTOCOL_VERSION,

@@ -1,7 +1,7 @@
 """The agent's own settings on a host: who it is and where it keeps its data.
 
 ``reconcile hosts bootstrap`` writes ``agent.json`` into the data directory
-(``/var/lib/fleet-agent`` unless ``FLEET_AGENT_DIR`` says otherwise): the
+(``/var/lib/fleet-agent`` unless ``FLEET_AGENT_DATA`` says otherwise): the
 host's name as the fleet knows it, its private prefix, hypervisor and GPUs.
 Facts the machine itself can tell (cpus, memory) are read live.
 """
@@ -16,7 +16,7 @@ from typing import Any
 
 import hostagent
 
-DEFAULT_DIR = Path(os.environ.get("FLEET_AGENT_DIR", "/var/lib/fleet-agent"))
+DEFAULT_DIR = Path(os.environ.get("FLEET_AGENT_DATA", "/var/lib/fleet-agent"))
 CONFIG_FILE = "agent.json"
 
 

@@ -9,7 +9,7 @@ routes plug in the same way.
 
 from __future__ import annotations
 
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Collection, Mapping
 from dataclasses import dataclass, field
 from typing import Any, Protocol
 
@@ -56,6 +56,9 @@ class Handler(Protocol):
         """Whether the resource passes its health checks right now."""
         ...
 
-    def unmanaged(self) -> list[tuple[str, Observed]]:
-        """Resources of this kind on the host that the fleet does not own."""
+    def unmanaged(self, managed: Collection[str]) -> list[tuple[str, Observed]]:
+        """Resources of this kind on the host that the fleet does not own.
+
+        ``managed`` holds the ids of this kind that the inventory owns.
+        """
         ...

@@ -6,7 +6,7 @@ its inventory on disk and the rules are the real ones.
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Collection, Mapping
 from pathlib import Path
 from typing import Any
 
@@ -54,8 +54,8 @@ class Recorder:
     def healthy(self, rid: str, spec: Mapping[str, Any]) -> bool:
         return self.health.pop(0) if self.health else False
 
-    def unmanaged(self) -> list[tuple[str, H.Observed]]:
-        return self.extra
+    def unmanaged(self, managed: Collection[str]) -> list[tuple[str, H.Observed]]:
+        return [(rid, o) for rid, o in self.extra if rid not in managed]
 
 
 class Clock:
