@@ -299,7 +299,14 @@ def _resource(entry: Entry, live: H.Observed) -> dict[str, Json]:
         "owner": entry.owner,
         "etag": entry.etag,
         "spec": entry.spec,
-        "status": {"state": live.state, "health": live.health, "runtime": dict(live.runtime)},
+        "status": {
+            "state": live.state,
+            # The supervisor records health in the inventory; a live answer wins.
+            "health": live.health
+            if live.health != "unknown"
+            else str(entry.status.get("health", "unknown")),
+            "runtime": dict(live.runtime),
+        },
     }
     if live.actual is not None:
         out["actual"] = dict(live.actual)
