@@ -1,0 +1,1 @@
+"""Talking to hosts: the HostClient seam, the SSH transport, host-key pinning."""
