@@ -18,10 +18,10 @@ from __future__ import annotations
 
 import base64
 import binascii
-import fnmatch
 import hashlib
 import hmac
 import logging
+import re
 import struct
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
@@ -104,7 +104,9 @@ def _pattern_matches(pattern: str, name: str) -> bool:
             return False
         got = hmac.new(salt, name.encode(), hashlib.sha1).digest()
         return hmac.compare_digest(got, want)
-    return fnmatch.fnmatchcase(name, pattern)
+    # OpenSSH patterns know only * and ?; brackets are literal ([addr]:port).
+    regex = "".join(".*" if ch == "*" else "." if ch == "?" else re.escape(ch) for ch in pattern)
+    return re.fullmatch(regex, name, flags=re.IGNORECASE) is not None
 
 
 def _host_field_matches(host_field: str, name: str) -> bool:

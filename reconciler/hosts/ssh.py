@@ -317,25 +317,30 @@ class SSHConnection:
             return self._transport
 
     def _retrying(self, what: str, fn: Callable[[], T]) -> T:
-        opts = self.options
-        for attempt in range(1, max(1, opts.retries) + 1):
+        """Call ``fn``; retry transient ``HostError``s with backoff, up to ``retries`` calls."""
+        attempts = max(1, self.options.retries)
+        for attempt in range(1, attempts + 1):
             try:
                 return fn()
             except errors.HostError as exc:
-                if not exc.retryable or attempt >= opts.retries:
+                if not exc.retryable or attempt >= attempts:
                     raise
-                delay = min(5.0, opts.backoff * 2 ** (attempt - 1)) * random.uniform(0.8, 1.2)
-                log.info(
-                    "host %s: %s failed (%s); retry %d/%d in %.2fs",
-                    self.host,
-                    what,
-                    exc.message,
-                    attempt,
-                    opts.retries - 1,
-                    delay,
-                )
-                time.sleep(delay)
+                self._pause(what, exc, attempt)
         raise AssertionError("unreachable")  # pragma: no cover
+
+    def _pause(self, what: str, exc: errors.HostError, attempt: int) -> None:
+        opts = self.options
+        delay = min(5.0, opts.backoff * 2 ** (attempt - 1)) * random.uniform(0.8, 1.2)
+        log.info(
+            "host %s: %s failed (%s); retry %d/%d in %.2fs",
+            self.host,
+            what,
+            exc.message,
+            attempt,
+            opts.retries - 1,
+            delay,
+        )
+        time.sleep(delay)
 
     def _drop(self, transport: paramiko.Transport) -> None:
         with self._lock:
@@ -344,15 +349,23 @@ class SSHConnection:
         transport.close()
 
     def _open_channel(self) -> paramiko.Channel:
-        def attempt() -> paramiko.Channel:
+        """A new session channel; reconnects if the connection turned out dead.
+
+        Connecting has its own bounded retries (in ``_ensure``), so only the
+        channel-open failure itself is retried here.
+        """
+        attempts = max(1, self.options.retries)
+        for attempt in range(1, attempts + 1):
             transport = self._ensure()
             try:
                 return transport.open_session(timeout=self.options.connect_timeout)
             except (OSError, EOFError, paramiko.SSHException) as exc:
                 self._drop(transport)
-                raise _transient(self.host, "cannot open a channel", exc) from exc
-
-        return self._retrying("open channel", attempt)
+                err = _transient(self.host, "cannot open a channel", exc)
+                if attempt >= attempts:
+                    raise err from exc
+                self._pause("open channel", err, attempt)
+        raise AssertionError("unreachable")  # pragma: no cover
 
     def connect(self) -> None:
         """Open the connection now (verifying the host key and logging in)."""

@@ -16,8 +16,10 @@ Why this shape:
 
 from __future__ import annotations
 
+import contextlib
 import os
 import shutil
+import signal
 import socket
 import subprocess
 import tempfile
@@ -116,6 +118,12 @@ Subsystem sftp internal-sftp
         if self.proc is None:
             return
         if self.proc.poll() is None:
+            # Per-connection sshd processes outlive the listener (that is how
+            # sessions survive an sshd restart); end them first, by PID, so a
+            # stop looks like a host going away.
+            for child in self._children(self.proc.pid):
+                with contextlib.suppress(ProcessLookupError):
+                    os.kill(child, signal.SIGTERM)
             self.proc.terminate()  # by PID: our own child
             try:
                 self.proc.wait(timeout=5)
@@ -123,6 +131,14 @@ Subsystem sftp internal-sftp
                 self.proc.kill()
                 self.proc.wait(timeout=5)
         self.proc = None
+
+    @staticmethod
+    def _children(pid: int) -> list[int]:
+        try:
+            text = Path(f"/proc/{pid}/task/{pid}/children").read_text()
+        except OSError:
+            return []
+        return [int(p) for p in text.split()]
 
     def restart_with_new_host_key(self) -> str:
         self.stop()
