@@ -454,10 +454,17 @@ class SSHConnection:
                 self._kill(chan)
                 raise errors.HostUnreachable(self.host, f"command timed out after {limit:g}s")
             try:
+                if pending and (chan.eof_received or chan.exit_status_ready()):
+                    pending = pending[:0]  # the command ended without reading it all
                 if pending and chan.send_ready():
-                    n = chan.send(pending[:32768].tobytes())
+                    try:
+                        n = chan.send(pending[:32768].tobytes())
+                    except OSError:
+                        if not chan.closed:
+                            raise
+                        n = len(pending)  # closed under us: the command is gone
                     pending = pending[n:]
-                    if not pending:
+                    if not pending and not chan.closed:
                         chan.shutdown_write()
                 # Read the flag before draining: data always precedes EOF.
                 eof = chan.eof_received or chan.closed

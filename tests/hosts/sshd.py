@@ -156,6 +156,8 @@ Subsystem sftp internal-sftp
     def cleanup(self) -> None:
         self.stop()
         shutil.rmtree(self.dir, ignore_errors=True)
+        with contextlib.suppress(OSError):  # fails while another daemon uses it
+            RUN_DIR.rmdir()
 
 
 def is_root() -> bool:

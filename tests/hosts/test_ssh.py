@@ -66,6 +66,13 @@ def test_large_stdin_and_stdout_do_not_deadlock(sshd, creds, fast):
     c.close()
 
 
+def test_command_that_ignores_its_stdin_still_reports_its_exit_status(sshd, creds, fast):
+    c = conn(sshd, creds, fast)
+    for _ in range(5):
+        assert c.exec("exit 4", stdin=b"x" * 5_000_000).exit_status == 4
+    c.close()
+
+
 def test_command_timeout_kills_the_remote_command(sshd, creds, fast):
     c = conn(sshd, creds, fast)
     marker = f"fleet-timeout-{os.getpid()}-{time.monotonic_ns()}"
