@@ -2,6 +2,8 @@
 
 ``protocol`` defines the apply request, events and results (the observe answer
 is :mod:`reconciler.core.observed`); ``memory`` is an in-process host for tests
-and development; ``factory`` builds a HostClient per fleet Host document. The
-SSH transport (a later issue) is one more implementation of the same protocol.
+and development; ``factory`` builds a HostClient per fleet Host document.
+``ssh`` is the SSH transport (the only module that imports paramiko), with
+``hostkeys`` (pinning) and ``fanout`` (bounded parallelism); ``bundle`` and
+``bootstrap`` put the agent on a host.
 """
