@@ -14,8 +14,9 @@ from collections.abc import Sequence
 import fleet
 from fleet.errors import FleetError, ModelErrors
 from reconciler.commands import model as model_commands
+from reconciler.commands import plan as plan_commands
 
-GROUPS = [model_commands]
+GROUPS = [model_commands, plan_commands]
 
 
 def parser() -> argparse.ArgumentParser:
