@@ -27,6 +27,8 @@ _FIRST = {
     P.Action.CREATE: 4,
 }
 COLLAPSE_LINES = 15
+# The attributes a new resource shows without -v (all, for kinds not listed).
+HEADLINE = {"machine": frozenset({"image", "vm", "env", "cmd", "entrypoint", "address"})}
 
 
 def summary(plan: P.Plan) -> str:
@@ -53,8 +55,8 @@ def _origin(plan: P.Plan) -> str:
     dirty = ""
     if plan.fleet.dirty:
         dirty = ", DIRTY work tree: apply refuses it without --allow-dirty"
-    hosts = len(plan.generations)
-    return f"Fleet at {commit}{dirty}; observed {hosts} host(s) at {plan.observed_at or 'unknown time'}."
+    at = plan.observed_at or "unknown time"
+    return f"Fleet at {commit}{dirty}; observed {len(plan.generations)} host(s) at {at}."
 
 
 def _fmt(value: Any) -> str:
@@ -80,12 +82,20 @@ def _where(c: P.Change) -> str:
     return f" on {c.host}" if c.address.startswith("app.") and c.host else ""
 
 
-def change_lines(c: P.Change) -> list[str]:
+def change_lines(c: P.Change, verbose: int = 0) -> list[str]:
     lines = [f"{c.symbol:>3} {c.address}{_where(c)}", f"      # {c.reason}"]
     if c.action is P.Action.CREATE and c.after is not None:
+        shown = HEADLINE.get(c.kind.value)
+        hidden = 0
         for key, value in sorted(c.after.items()):
-            if value not in (None, [], {}):
-                lines.append(f"      + {key}: {_fmt(value)}")
+            if value in (None, [], {}):
+                continue
+            if shown is not None and key not in shown and not verbose:
+                hidden += 1
+                continue
+            lines.append(f"      + {key}: {_fmt(value)}")
+        if hidden:
+            lines.append(f"        ({hidden} more attributes; -v shows them)")
     elif c.action in (P.Action.UPDATE, P.Action.REPLACE):
         for item in c.diff:
             note = "  # forces replacement" if item.effect == "replace" else ""
@@ -129,7 +139,7 @@ def text(plan: P.Plan, verbose: int = 0) -> str:
             head += f"  ({_rollout_text(rollouts[app])})"
         out.append(head)
         for c in changes:
-            out += ["  " + line for line in change_lines(c)]
+            out += ["  " + line for line in change_lines(c, verbose)]
     if plan.excluded:
         out += ["", f"Left out by --target/--exclude: {len(plan.excluded)} change(s)"]
         if verbose:
@@ -163,7 +173,7 @@ def markdown(plan: P.Plan, verbose: int = 0) -> str:
         out += [f"- `{w.address}`: {w.message}" for w in plan.warnings]
     rollouts = _rollouts(plan)
     for name, changes in _groups(plan):
-        body = [line for c in changes for line in change_lines(c)]
+        body = [line for c in changes for line in change_lines(c, verbose)]
         app = name.removeprefix("app ")
         title = f"{name}: {len(changes)} change(s)"
         if name.startswith("app ") and app in rollouts:
