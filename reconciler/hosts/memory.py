@@ -159,6 +159,9 @@ class MemoryHost:
                     message=f"expected {a.expect or 'absent'}, found {have or 'absent'}",
                 )
         if done:
+            booting = (observed.RunState.CREATED, observed.RunState.STARTING)
+            if current is not None and a.kind is Kind.MACHINE and current.status.state in booting:
+                return self._finish_boot(a, key, emit, protocol.Outcome.ALREADY)
             if a.gate is not None and current is not None:
                 return self._gate(a, current, emit, protocol.Outcome.ALREADY)
             return protocol.Result(a.id, protocol.Outcome.ALREADY, etag=a.etag)
@@ -218,22 +221,31 @@ class MemoryHost:
                 observed.Status(observed.RunState.STARTING, observed.Health.UNKNOWN),
             )
             self._changed([a.verb.value, a.kind.value, a.resource_id, etag])
+        return self._finish_boot(a, key, emit, protocol.Outcome.OK)
+
+    def _finish_boot(
+        self,
+        a: protocol.Action,
+        key: tuple[Kind, str],
+        emit: protocol.EventSink,
+        success: protocol.Outcome,
+    ) -> protocol.Result:
+        """Boot (or keep booting, as the supervisor would after a crash) and gate."""
         self._sleep(self.behaviour.boot_delay_s)
-        healthy = spec.get("image") not in self.behaviour.unhealthy_images
-        health = observed.Health.PASSING if healthy else observed.Health.CRITICAL
         with self._lock:
-            booted = observed.Resource(
-                a.kind,
-                a.resource_id,
-                observed.OWNER_FLEET,
-                etag,
-                spec,
-                observed.Status(observed.RunState.RUNNING, health, {"pid": 1000 + self.generation}),
+            current = self.items[key]
+            healthy = current.spec.get("image") not in self.behaviour.unhealthy_images
+            health = observed.Health.PASSING if healthy else observed.Health.CRITICAL
+            booted = dataclasses.replace(
+                current,
+                status=observed.Status(
+                    observed.RunState.RUNNING, health, {"pid": 1000 + self.generation}
+                ),
             )
             self.items[key] = booted
-            self._changed(["running", a.kind.value, a.resource_id, etag])
+            self._changed(["running", a.kind.value, a.resource_id, booted.etag])
         emit(protocol.Event(a.id, "running"))
-        return self._gate(a, booted, emit, protocol.Outcome.OK)
+        return self._gate(a, booted, emit, success)
 
     def _gate(
         self,
