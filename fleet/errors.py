@@ -20,9 +20,10 @@ exit 1. Anything else escaping is a bug and keeps its traceback.
     │   ├── HostKeyMismatch         pinned host key differs or is unknown (permanent)
     │   ├── PreconditionFailed      the action's expected etag no longer holds
     │   └── ProtocolError           agent speaks another protocol version
-    └── ProviderError               a mechanism failed on this machine (image, VMM, ...)
-        ├── ImageError              image resolution, digest mismatch, hostile layer
-        └── VMMError                hypervisor could not prepare, start or stop a machine
+    ├── ProviderError               a mechanism failed on this machine (image, VMM, ...)
+    │   ├── ImageError              image resolution, digest mismatch, hostile layer
+    │   └── VMMError                hypervisor could not prepare, start or stop a machine
+    └── LabError                    the local lab could not be built, inspected or removed
 
 Third-party exceptions are mapped into this tree at the one module that uses
 the library (``raise HostUnreachable(...) from exc``).
@@ -165,3 +166,7 @@ class ImageError(ProviderError):
 
 class VMMError(ProviderError):
     """A hypervisor could not prepare, start, stop or inspect a machine."""
+
+
+class LabError(FleetError):
+    """The local lab could not be built, inspected or torn down."""

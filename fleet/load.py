@@ -131,9 +131,13 @@ def load_dir(path: str | os.PathLike[str]) -> model.Fleet:
     return parse_files(_walk_dir(root), os.fspath(path))
 
 
-def load_git(path: str | os.PathLike[str], ref: str) -> Loaded:
-    """Load the fleet at ``ref`` of the repository that holds ``path`` (bare or not)."""
+def load_git(path: str | os.PathLike[str], ref: str, subdir: str = "") -> Loaded:
+    """Load the fleet at ``ref`` of the repository that holds ``path`` (bare or not).
+
+    ``subdir`` names the fleet's folder inside a bare repository.
+    """
     repo, sub = _open_repo(path)
+    sub = "/".join(p for p in (sub, subdir.strip("/")) if p)
     try:
         commit = repo.commit(ref)
     except Exception as exc:  # gitpython raises several unrelated types here
@@ -146,7 +150,9 @@ def load_git(path: str | os.PathLike[str], ref: str) -> Loaded:
             raise FleetError(
                 f"{path}: {sub!r} does not exist at {ref} ({commit.hexsha[:12]})"
             ) from None
-    fleet = parse_files(_walk_tree(tree), os.fspath(path))
+    # Paths in messages are relative to the repository: they name the same file
+    # for everyone, whatever the clone's location.
+    fleet = parse_files(_walk_tree(tree), sub)
     origin = Origin(root=os.fspath(path), commit=commit.hexsha, dirty=False, ref=ref)
     return Loaded(replace(fleet, commit=commit.hexsha), origin)
 

@@ -20,6 +20,7 @@ import jsonschema
 import referencing
 from jsonschema.exceptions import ValidationError
 
+from fleet import fastschema
 from fleet.errors import Location, ModelError
 from fleet.model import API_VERSION, Kind
 from fleet.yamlsrc import Document
@@ -43,8 +44,40 @@ def schema_text(name: str) -> str:
 
 
 @functools.cache
+def _schemas() -> dict[str, Any]:
+    return {name: json.loads(schema_text(name)) for name in ["common.json", *_FILES.values()]}
+
+
+def _absolute_refs(node: Any, file: str) -> Any:
+    """A copy of a schema whose local ``#/...`` references name their file."""
+    if isinstance(node, dict):
+        out = {k: _absolute_refs(v, file) for k, v in node.items()}
+        ref = out.get("$ref")
+        if isinstance(ref, str) and ref.startswith("#"):
+            out["$ref"] = file + ref
+        return out
+    if isinstance(node, list):
+        return [_absolute_refs(v, file) for v in node]
+    return node
+
+
+@functools.cache
+def _fast() -> dict[Kind, fastschema.Check | None]:
+    schemas = {name: _absolute_refs(s, name) for name, s in _schemas().items()}
+
+    def resolve(ref: str) -> Any:
+        file, _, pointer = ref.partition("#")
+        node = schemas[file]
+        for part in pointer.strip("/").split("/") if pointer else []:
+            node = node[part]
+        return node
+
+    return {kind: fastschema.compile_schema(schemas[f], resolve) for kind, f in _FILES.items()}
+
+
+@functools.cache
 def _validators() -> dict[Kind, jsonschema.protocols.Validator]:
-    schemas = {name: json.loads(schema_text(name)) for name in ["common.json", *_FILES.values()]}
+    schemas = _schemas()
     registry: referencing.Registry[Any] = referencing.Registry().with_resources(
         (_BASE + name, referencing.Resource.from_contents(schema))
         for name, schema in schemas.items()
@@ -112,6 +145,9 @@ def envelope(doc: Document) -> tuple[Kind | None, list[ModelError]]:
 
 def validate(doc: Document, kind: Kind) -> list[ModelError]:
     """All schema errors of one document."""
+    fast = _fast()[kind]
+    if fast is not None and fast(doc.value):
+        return []
     validator = _validators()[kind]
     errors: list[ModelError] = []
     for error in validator.iter_errors(doc.value):

@@ -327,10 +327,7 @@ def _capacity(fleet: model.Fleet, by_kind: dict[Kind, dict[str, Entry]]) -> list
             if problem:
                 errors.append(schema.error_at(entry.doc, path, problem, at_key=True))
                 continue
-            totals[region_name][0] += cpu_cost * count
-            totals[region_name][1] += vm.memory_mb * count
             if vm.gpus:
-                gpu_totals[(region_name, vm.gpus.model)] += vm.gpus.count * count
                 have = sum(h.capacity.gpu_count(vm.gpus.model) for h in eligible)
                 need = vm.gpus.count * count
                 if need > have:
@@ -343,6 +340,7 @@ def _capacity(fleet: model.Fleet, by_kind: dict[Kind, dict[str, Entry]]) -> list
                             at_key=True,
                         )
                     )
+                    continue
             label, have_cpus, have_mem = _sums(eligible)
             need_cpus = cpu_cost * count
             need_mem = vm.memory_mb * count
@@ -357,6 +355,11 @@ def _capacity(fleet: model.Fleet, by_kind: dict[Kind, dict[str, Entry]]) -> list
                         at_key=True,
                     )
                 )
+                continue
+            totals[region_name][0] += cpu_cost * count
+            totals[region_name][1] += vm.memory_mb * count
+            if vm.gpus:
+                gpu_totals[(region_name, vm.gpus.model)] += vm.gpus.count * count
     for region_name, (cpus, mem) in sorted(totals.items()):
         have_label, have_cpus, have_mem = _sums(hosts_by_region.get(region_name, []))
         entry = by_kind[Kind.REGION][region_name]

@@ -2,3 +2,5 @@
 
 It never imports the reconciler; the two meet only through the JSON protocol.
 """
+
+__version__ = "0.1.0"

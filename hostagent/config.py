@@ -1,0 +1,88 @@
+"""The agent's own settings on a host: who it is and where it keeps its data.
+
+``reconcile hosts bootstrap`` writes ``agent.json`` into the data directory
+(``/var/lib/fleet-agent`` unless ``FLEET_AGENT_DIR`` says otherwise): the
+host's name as the fleet knows it, its private prefix, hypervisor and GPUs.
+Facts the machine itself can tell (cpus, memory) are read live.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import hostagent
+
+DEFAULT_DIR = Path(os.environ.get("FLEET_AGENT_DIR", "/var/lib/fleet-agent"))
+CONFIG_FILE = "agent.json"
+
+
+@dataclass(frozen=True, slots=True)
+class Config:
+    host: str
+    data_dir: Path
+    hypervisor: str = "qemu"
+    private_prefix: str | None = None
+    gpus: dict[str, int] = field(default_factory=dict)
+
+    @property
+    def inventory_dir(self) -> Path:
+        return self.data_dir / "inventory"
+
+
+class ConfigError(Exception):
+    """The agent has not been bootstrapped on this host, or its config is broken."""
+
+
+def load(data_dir: Path = DEFAULT_DIR) -> Config:
+    path = data_dir / CONFIG_FILE
+    try:
+        raw: dict[str, Any] = json.loads(path.read_text())
+    except FileNotFoundError:
+        raise ConfigError(
+            f"{path} is missing: this host was not bootstrapped (`reconcile hosts bootstrap`)"
+        ) from None
+    except (OSError, ValueError) as exc:
+        raise ConfigError(f"{path}: {exc}") from exc
+    if not isinstance(raw.get("host"), str):
+        raise ConfigError(f"{path}: 'host' must name this host")
+    return Config(
+        host=raw["host"],
+        data_dir=data_dir,
+        hypervisor=str(raw.get("hypervisor", "qemu")),
+        private_prefix=raw.get("private_prefix"),
+        gpus={str(k): int(v) for k, v in (raw.get("gpus") or {}).items()},
+    )
+
+
+def save(config: Config) -> Path:
+    config.data_dir.mkdir(parents=True, exist_ok=True)
+    path = config.data_dir / CONFIG_FILE
+    tmp = path.with_suffix(".tmp")
+    tmp.write_text(
+        json.dumps(
+            {
+                "host": config.host,
+                "hypervisor": config.hypervisor,
+                "private_prefix": config.private_prefix,
+                "gpus": config.gpus,
+                "agent_version": hostagent.__version__,
+            },
+            indent=2,
+        )
+    )
+    os.replace(tmp, path)
+    return path
+
+
+def memory_mb() -> int:
+    try:
+        for line in Path("/proc/meminfo").read_text().splitlines():
+            if line.startswith("MemTotal:"):
+                return int(line.split()[1]) // 1024
+    except OSError:
+        pass
+    return 0

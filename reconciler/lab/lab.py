@@ -1,0 +1,393 @@
+"""The local lab: a small fleet of namespace "hosts" on one Linux machine.
+
+``up`` builds what :mod:`reconciler.lab.topology` describes: a network
+namespace per host running its own sshd (own host key, pinned in the lab's
+known_hosts), a router namespace per region, a client namespace, and a
+management network whose only door to the machine is one veth with
+``192.0.2.1``. Each host's sshd runs in a private mount namespace in which
+the host gets its own ``/var/lib/fleet-agent`` and ``/run/wireguard`` and an
+empty ``/root/.bashrc`` (root's real one may start slow shell tooling on every
+SSH command); everything started through that sshd (agents, microVMs) sees the
+same view, as on a real machine.
+
+``down`` removes everything ``up`` made, also after a crash (names carry the
+``flab-`` prefix), and is idempotent. Only processes inside the lab's own
+namespaces are ended, by PID.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import logging
+import os
+import shutil
+import signal
+import socket
+import subprocess
+import time
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from fleet.errors import LabError
+from reconciler.lab import topology
+from reconciler.lab.topology import CLIENT_NS, MGMT_GATEWAY, MGMT_NS, PREFIX, ROOT_LINK, Topology
+
+log = logging.getLogger(__name__)
+
+DEFAULT_DIR = Path(os.environ.get("FLEET_LAB_DIR", "/var/lib/fleet-lab"))
+SSHD = "/usr/sbin/sshd"
+HOST_BINDS = ("/var/lib/fleet-agent", "/run/wireguard")
+
+
+@dataclass(frozen=True, slots=True)
+class Paths:
+    root: Path
+
+    @property
+    def state(self) -> Path:
+        return self.root / "lab.json"
+
+    @property
+    def known_hosts(self) -> Path:
+        return self.root / "known_hosts"
+
+    @property
+    def client_key(self) -> Path:
+        return self.root / "id_ed25519"
+
+    @property
+    def authorized_keys(self) -> Path:
+        return self.root / "authorized_keys"
+
+    def host_dir(self, name: str) -> Path:
+        return self.root / "hosts" / name
+
+
+def require_root() -> None:
+    if os.geteuid() != 0:
+        raise LabError("the lab needs root (network namespaces, veth links, sshd): run it as root")
+
+
+def run(argv: Sequence[str], *, check: bool = True, input: bytes | None = None) -> str:
+    """Run a system tool; a failure becomes one clear LabError line."""
+    log.debug("run %s", " ".join(argv))
+    result = subprocess.run(list(argv), capture_output=True, input=input, check=False)
+    if check and result.returncode != 0:
+        err = result.stderr.decode(errors="replace").strip().splitlines()
+        raise LabError(f"{' '.join(argv)}: {err[-1] if err else f'exit {result.returncode}'}")
+    return result.stdout.decode(errors="replace")
+
+
+def ns(netns: str, *argv: str) -> list[str]:
+    return ["ip", "netns", "exec", netns, *argv]
+
+
+def _sysctls(netns: str) -> None:
+    for key, value in (
+        ("net.ipv4.ip_forward", "1"),
+        ("net.ipv6.conf.all.forwarding", "1"),
+        ("net.ipv6.conf.all.keep_addr_on_down", "1"),
+        ("net.ipv6.conf.default.accept_dad", "0"),
+        ("net.ipv6.conf.all.accept_dad", "0"),
+    ):
+        run(ns(netns, "sysctl", "-qw", f"{key}={value}"))
+
+
+def _veth(a_ns: str | None, a_name: str, b_ns: str, b_name: str) -> None:
+    """A veth pair; side A in ``a_ns`` (None: the machine's own namespace)."""
+    tmp_a, tmp_b = f"{PREFIX}t{os.getpid() % 10000}a", f"{PREFIX}t{os.getpid() % 10000}b"
+    run(["ip", "link", "add", tmp_a, "type", "veth", "peer", "name", tmp_b])
+    run(["ip", "link", "set", tmp_b, "netns", b_ns])
+    run(ns(b_ns, "ip", "link", "set", tmp_b, "name", b_name))
+    run(ns(b_ns, "ip", "link", "set", b_name, "up"))
+    if a_ns is None:
+        run(["ip", "link", "set", tmp_a, "name", a_name])
+        run(["ip", "link", "set", a_name, "up"])
+    else:
+        run(["ip", "link", "set", tmp_a, "netns", a_ns])
+        run(ns(a_ns, "ip", "link", "set", tmp_a, "name", a_name))
+        run(ns(a_ns, "ip", "link", "set", a_name, "up"))
+
+
+def _addr(netns: str, dev: str, address: str) -> None:
+    extra = ["nodad"] if ":" in address else []
+    run(ns(netns, "ip", "addr", "add", address, "dev", dev, *extra))
+
+
+def _bridge(netns: str, name: str) -> None:
+    run(ns(netns, "ip", "link", "add", name, "type", "bridge"))
+    run(ns(netns, "ip", "link", "set", name, "up"))
+
+
+def _enslave(netns: str, dev: str, bridge: str) -> None:
+    run(ns(netns, "ip", "link", "set", dev, "master", bridge))
+
+
+def _network(topo: Topology) -> None:
+    for name in topo.namespaces():
+        run(["ip", "netns", "add", name])
+        run(ns(name, "ip", "link", "set", "lo", "up"))
+        _sysctls(name)
+    _bridge(MGMT_NS, "br0")
+    _veth(None, ROOT_LINK, MGMT_NS, "root")
+    _enslave(MGMT_NS, "root", "br0")
+    run(["ip", "addr", "add", str(MGMT_GATEWAY), "dev", ROOT_LINK])
+    for region in topo.regions:
+        _bridge(region.netns, "fabric")
+        _addr(region.netns, "fabric", str(region.fabric4))
+        _addr(region.netns, "fabric", str(region.fabric6))
+        link = f"up-{region.name}"[:15]
+        _veth(CLIENT_NS, link, region.netns, "client0")
+        _addr(region.netns, "client0", str(region.client4))
+        _addr(region.netns, "client0", str(region.client6))
+        _addr(CLIENT_NS, link, str(region.peer_client4))
+        _addr(CLIENT_NS, link, str(region.peer_client6))
+    for host in topo.hosts:
+        region = topo.region(host.region)
+        _veth(host.netns, "mgmt0", MGMT_NS, f"h{host.index}")
+        _enslave(MGMT_NS, f"h{host.index}", "br0")
+        _addr(host.netns, "mgmt0", str(host.mgmt))
+        _veth(host.netns, "fabric0", region.netns, f"h{host.index}")
+        _enslave(region.netns, f"h{host.index}", "fabric")
+        _addr(host.netns, "fabric0", str(host.fabric4))
+        _addr(host.netns, "fabric0", str(host.fabric6))
+
+
+def _keys(paths: Paths, topo: Topology) -> None:
+    paths.root.mkdir(mode=0o700, parents=True, exist_ok=True)
+    os.chmod(paths.root, 0o700)
+    if not paths.client_key.exists():
+        run(
+            [
+                "ssh-keygen",
+                "-q",
+                "-t",
+                "ed25519",
+                "-N",
+                "",
+                "-C",
+                "fleet-lab",
+                "-f",
+                str(paths.client_key),
+            ]
+        )
+    shutil.copyfile(paths.client_key.with_suffix(".pub"), paths.authorized_keys)
+    os.chmod(paths.authorized_keys, 0o600)
+    lines = []
+    for host in topo.hosts:
+        d = paths.host_dir(host.name)
+        d.mkdir(mode=0o700, parents=True, exist_ok=True)
+        key = d / "ssh_host_ed25519_key"
+        if not key.exists():
+            run(["ssh-keygen", "-q", "-t", "ed25519", "-N", "", "-C", host.name, "-f", str(key)])
+        public = " ".join(key.with_suffix(".pub").read_text().split()[:2])
+        where = str(host.mgmt.ip) if host.ssh_port == 22 else f"[{host.mgmt.ip}]:{host.ssh_port}"
+        lines.append(f"{where} {public}\n")
+        for bind in HOST_BINDS:
+            (d / bind.strip("/").replace("/", "_")).mkdir(parents=True, exist_ok=True)
+        (d / "sshd_config").write_text(_sshd_config(paths, host, d))
+    paths.known_hosts.write_text("".join(lines))
+
+
+def _sshd_config(paths: Paths, host: topology.LabHost, d: Path) -> str:
+    return (
+        f"Port {host.ssh_port}\n"
+        f"ListenAddress {host.mgmt.ip}\n"
+        f"HostKey {d / 'ssh_host_ed25519_key'}\n"
+        f"PidFile {d / 'sshd.pid'}\n"
+        f"AuthorizedKeysFile {paths.authorized_keys}\n"
+        "PermitRootLogin prohibit-password\n"
+        "PasswordAuthentication no\n"
+        "KbdInteractiveAuthentication no\n"
+        "UsePAM no\n"
+        "UseDNS no\n"
+        "PrintMotd no\n"
+        "MaxSessions 64\n"
+        "MaxStartups 64:30:128\n"
+        "Subsystem sftp internal-sftp\n"
+        "LogLevel ERROR\n"
+    )
+
+
+def _start_sshd(paths: Paths, host: topology.LabHost) -> int:
+    d = paths.host_dir(host.name)
+    binds = []
+    for target in HOST_BINDS:
+        Path(target).mkdir(parents=True, exist_ok=True)
+        binds.append(f"mount --bind {d / target.strip('/').replace('/', '_')} {target}")
+    empty = paths.root / "empty"
+    empty.touch()
+    if Path("/root/.bashrc").exists():
+        binds.append(f"mount --bind {empty} /root/.bashrc")
+    Path("/run/sshd").mkdir(parents=True, exist_ok=True)
+    script = " && ".join(
+        [*binds, f"hostname {host.name}", f"exec {SSHD} -D -e -f {d / 'sshd_config'}"]
+    )
+    log_file = (d / "sshd.log").open("ab")
+    proc = subprocess.Popen(
+        ns(
+            host.netns,
+            "unshare",
+            "--mount",
+            "--uts",
+            "--propagation",
+            "private",
+            "/bin/sh",
+            "-c",
+            script,
+        ),
+        stdin=subprocess.DEVNULL,
+        stdout=log_file,
+        stderr=log_file,
+        start_new_session=True,
+        env={"PATH": "/usr/sbin:/usr/bin:/sbin:/bin", "LANG": "C.UTF-8"},
+    )
+    log_file.close()
+    return proc.pid
+
+
+def _wait_port(address: str, port: int, timeout: float) -> bool:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        try:
+            with socket.create_connection((address, port), timeout=0.5):
+                return True
+        except OSError:
+            time.sleep(0.05)
+    return False
+
+
+def up(topo: Topology, paths: Paths) -> dict[str, Any]:
+    """Build the lab; on any failure remove what was made and raise."""
+    require_root()
+    if _existing_namespaces():
+        raise LabError("a lab is already up (or left over): run `reconcile lab down` first")
+    try:
+        _network(topo)
+        _keys(paths, topo)
+        pids = {h.name: _start_sshd(paths, h) for h in topo.hosts}
+        for host in topo.hosts:
+            if not _wait_port(str(host.mgmt.ip), host.ssh_port, 10.0):
+                log_text = (paths.host_dir(host.name) / "sshd.log").read_text(errors="replace")
+                tail = log_text.strip().splitlines()[-1:] or ["no output"]
+                raise LabError(f"host {host.name}: sshd did not start: {tail[0]}")
+        state = {
+            "hosts": {
+                h.name: {
+                    "netns": h.netns,
+                    "sshd_pid": pids[h.name],
+                    "address": str(h.mgmt.ip),
+                    "port": h.ssh_port,
+                }
+                for h in topo.hosts
+            },
+            "regions": {r.name: {"netns": r.netns} for r in topo.regions},
+            "client": CLIENT_NS,
+            "known_hosts": str(paths.known_hosts),
+            "ssh_key": str(paths.client_key),
+        }
+        paths.state.write_text(json.dumps(state, indent=2))
+        return state
+    except BaseException:
+        down(paths)
+        raise
+
+
+def _existing_namespaces() -> list[str]:
+    out = run(["ip", "netns", "list"], check=False)
+    names = [line.split()[0] for line in out.splitlines() if line.strip()]
+    return [n for n in names if n.startswith(f"{PREFIX}-")]
+
+
+def _pids_in(netns: str) -> list[int]:
+    out = run(["ip", "netns", "pids", netns], check=False)
+    return [int(p) for p in out.split() if p.isdigit()]
+
+
+def _end(pids: Sequence[int], grace: float = 3.0) -> None:
+    for pid in pids:
+        try:
+            os.kill(pid, signal.SIGTERM)
+        except ProcessLookupError:
+            continue
+    deadline = time.monotonic() + grace
+    alive = list(pids)
+    while alive and time.monotonic() < deadline:
+        alive = [p for p in alive if _alive(p)]
+        time.sleep(0.05)
+    for pid in alive:
+        with contextlib.suppress(ProcessLookupError):
+            os.kill(pid, signal.SIGKILL)
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    try:  # a zombie child of ours counts as gone
+        done, _ = os.waitpid(pid, os.WNOHANG)
+        return done == 0
+    except ChildProcessError:
+        return Path(f"/proc/{pid}").exists() and _state(pid) != "Z"
+
+
+def _state(pid: int) -> str:
+    try:
+        return Path(f"/proc/{pid}/stat").read_text().split(")")[-1].split()[0]
+    except (OSError, IndexError):
+        return "Z"
+
+
+def down(paths: Paths) -> list[str]:
+    """Remove every lab namespace, link, process and file. Idempotent; returns what it removed."""
+    require_root()
+    removed = []
+    names = _existing_namespaces()
+    # Processes inside the lab's namespaces were started by the lab (sshd and what
+    # came through it): end them by PID before their namespaces go away.
+    pids = sorted({p for n in names for p in _pids_in(n)})
+    _end(pids)
+    for name in names:
+        run(["ip", "netns", "del", name], check=False)
+        removed.append(name)
+    if Path(f"/sys/class/net/{ROOT_LINK}").exists():
+        run(["ip", "link", "del", ROOT_LINK], check=False)
+        removed.append(ROOT_LINK)
+    if paths.root.exists():
+        shutil.rmtree(paths.root, ignore_errors=True)
+        removed.append(str(paths.root))
+    return removed
+
+
+def status(paths: Paths) -> dict[str, Any]:
+    """What is up: namespaces, and for each host whether sshd answers."""
+    names = _existing_namespaces()
+    state: dict[str, Any] = json.loads(paths.state.read_text()) if paths.state.exists() else {}
+    hosts = {}
+    for name, info in state.get("hosts", {}).items():
+        answering = _wait_port(info["address"], info["port"], 0.5)
+        hosts[name] = {**info, "namespace": info["netns"] in names, "ssh": answering}
+    return {"up": bool(names), "namespaces": names, "hosts": hosts, "state": str(paths.root)}
+
+
+def exec_argv(paths: Paths, node: str, command: Sequence[str]) -> list[str]:
+    """The command line that runs ``command`` inside a lab node."""
+    if not paths.state.exists():
+        raise LabError("the lab is not up: run `reconcile lab up` first")
+    state = json.loads(paths.state.read_text())
+    cmd = list(command) or ["/bin/sh"]
+    if node in state["hosts"]:
+        pid = state["hosts"][node]["sshd_pid"]
+        if not _alive(pid):
+            raise LabError(f"host {node}: its sshd (pid {pid}) is not running")
+        return ["nsenter", "-t", str(pid), "-m", "-n", "-u", "--", *cmd]
+    if node == "client":
+        return ns(CLIENT_NS, *cmd)
+    if node.startswith("upstream-") and node[len("upstream-") :] in state["regions"]:
+        return ns(state["regions"][node[len("upstream-") :]]["netns"], *cmd)
+    known = ", ".join([*state["hosts"], *(f"upstream-{r}" for r in state["regions"]), "client"])
+    raise LabError(f"no lab node {node!r}; known: {known}")
