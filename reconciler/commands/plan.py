@@ -18,6 +18,7 @@ from typing import Any
 from fleet import load as fleet_load
 from fleet.errors import FleetError
 from reconciler import apply as apply_mod
+from reconciler import gcpause
 from reconciler import observe as observe_mod
 from reconciler.commands import common
 from reconciler.core import observed, planfile, planner, render
@@ -91,6 +92,11 @@ def _factory(args: argparse.Namespace) -> factory.Factory:
 
 def make_plan(args: argparse.Namespace) -> P.Plan:
     """Load, observe (or read the snapshot), plan: the path plan and apply share."""
+    with gcpause.paused():
+        return _make_plan(args)
+
+
+def _make_plan(args: argparse.Namespace) -> P.Plan:
     loaded = fleet_load.load(args.fleet, args.ref)
     if args.observed:
         try:

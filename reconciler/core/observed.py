@@ -56,7 +56,11 @@ def canonical(value: Json) -> str:
 
 def etag(spec: Json) -> str:
     """The etag the reconciler gives a spec: a short digest of its canonical JSON."""
-    return "sha256:" + hashlib.sha256(canonical(spec).encode()).hexdigest()[:16]
+    return digest_text(canonical(spec))
+
+
+def digest_text(text: str) -> str:
+    return "sha256:" + hashlib.sha256(text.encode()).hexdigest()[:16]
 
 
 @dataclass(frozen=True, slots=True)

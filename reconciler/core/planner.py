@@ -84,6 +84,8 @@ def _index(fleet: model.Fleet, snap: observed.Snapshot) -> _Index:
 
 def _note_anycast(idx: _Index, r: observed.Resource) -> None:
     app = str(r.spec.get("app", ""))
+    if not app or app in idx.anycast:
+        return
     v4 = v6 = None
     for prefix in r.spec.get("prefixes", []):
         try:
@@ -94,8 +96,7 @@ def _note_anycast(idx: _Index, r: observed.Resource) -> None:
             v4 = addr
         else:
             v6 = addr
-    if app and app not in idx.anycast:
-        idx.anycast[app] = model.AppAddresses(v4, v6)
+    idx.anycast[app] = model.AppAddresses(v4, v6)
 
 
 @dataclass(slots=True)
@@ -134,8 +135,9 @@ def make(
     acc = _Acc(warnings=list(idx.warnings))
     for host, error in sorted(idx.unreachable.items()):
         acc.deferred.append(P.Deferred(f"host.{host}", host, f"host not observed: {error}"))
-    on_host = _machines(world, idx, placement, acc)
-    _host_resources(world, idx, on_host, acc)
+    parts = {name: desired.AppParts(app, world.anycast[name]) for name, app in fleet.apps.items()}
+    on_host = _machines(world, idx, placement, acc, parts)
+    _host_resources(world, idx, on_host, acc, parts)
 
     ordered, rollouts = rollout.order(acc.works, fleet)
     chosen, excluded = select.select(ordered, options.targets, options.excludes)
@@ -200,12 +202,15 @@ def _announced(idx: _Index) -> dict[str, set[str]]:
 
 
 def _machines(
-    world: model.DesiredWorld, idx: _Index, placement: schedule.Placement, acc: _Acc
+    world: model.DesiredWorld,
+    idx: _Index,
+    placement: schedule.Placement,
+    acc: _Acc,
+    parts: Mapping[str, desired.AppParts],
 ) -> dict[str, dict[str, list[str]]]:
     """Plan every machine slot; return host -> app -> slot keys placed there."""
     fleet = world.fleet
     on_host: dict[str, dict[str, list[str]]] = defaultdict(lambda: defaultdict(list))
-    bases = {name: desired.app_machine_base(app) for name, app in fleet.apps.items()}
     wanted: set[str] = set()
     for slot in world.slots:
         wanted.add(slot.id)
@@ -217,8 +222,7 @@ def _machines(
         host = placement.hosts[slot.id]
         on_host[host][slot.app].append(slot.key)
         app = fleet.apps[slot.app]
-        spec = desired.machine_spec(bases[slot.app], slot, world.host_prefixes[host])
-        tag = observed.etag(spec)
+        spec, tag = parts[slot.app].machine(slot, world.host_prefixes[host])
         _machine(
             acc,
             app,
@@ -480,6 +484,7 @@ def _host_resources(
     idx: _Index,
     on_host: Mapping[str, Mapping[str, list[str]]],
     acc: _Acc,
+    parts: Mapping[str, desired.AppParts],
 ) -> None:
     fleet = world.fleet
     for host in sorted(idx.reachable):
@@ -488,12 +493,11 @@ def _host_resources(
         refs = sorted({fleet.apps[a].image for a in apps})
         wanted += [desired.image(host, ref) for ref in refs]
         for app_name in sorted(apps):
-            app = fleet.apps[app_name]
-            addrs = world.anycast[app_name]
-            if desired.serves_publicly(app):
-                wanted.append(desired.route(host, app, addrs, list(apps[app_name])))
-                if addrs.all():
-                    wanted.append(desired.announcement(host, app_name, addrs))
+            p = parts[app_name]
+            if desired.serves_publicly(p.app):
+                wanted.append(p.route(host, apps[app_name]))
+                if p.announces:
+                    wanted.append(p.announcement(host))
         by_kind: dict[Kind, list[desired.Desired]] = defaultdict(list)
         for d in wanted:
             by_kind[d.kind].append(d)

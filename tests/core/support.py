@@ -13,8 +13,8 @@ from fleet import compile as fleet_compile
 from fleet import load as fleet_load
 from fleet import model
 from reconciler import apply
-from reconciler.core import planner
 from reconciler.core import plan as P
+from reconciler.core import planner
 from reconciler.hosts import memory
 from reconciler.state import sqlite
 
