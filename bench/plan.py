@@ -1,0 +1,140 @@
+"""Benchmark: plan a large fleet from a saved snapshot, beside load+validate of the same fleet.
+
+Generates a fleet (bench.genfleet; default 1,000 hosts / 200 apps / 10,000
+machines), builds the snapshot hosts would report after applying it (every
+resource with the etag an apply gives it), saves it as JSON, then times:
+
+* load + validate the fleet (the baseline);
+* a no-op plan: read and parse the snapshot, compile, place, diff, order;
+* a 10%-changed plan: a new image for 10% of the apps (rolling replacements).
+
+Best of N runs each (the cyclic GC paused during a run, as the CLI does: both
+sides allocate millions of small objects that never form cycles), then peak
+traced memory of one more run. Goal (issue 3):
+no-op plan <= 2x load+validate and under 3 s.
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import gc
+import json
+import tempfile
+import time
+import tracemalloc
+from collections.abc import Callable
+from pathlib import Path
+from types import MappingProxyType
+from typing import Any
+
+from bench import genfleet
+from fleet import compile as fleet_compile
+from fleet import load, model
+from reconciler import gcpause
+from reconciler.core import observed, planner
+from reconciler.core import plan as P
+
+
+def applied_snapshot(fleet: model.Fleet) -> observed.Snapshot:
+    """What the hosts report after applying ``fleet`` from empty (built from the plan's steps)."""
+    world = fleet_compile.compile_world(fleet)
+    empty = {
+        name: observed.HostObservation(
+            name, True, facts=observed.Facts(private_prefix=str(world.host_prefixes[name]))
+        )
+        for name in fleet.hosts
+    }
+    plan = planner.make(
+        fleet, observed.Snapshot(MappingProxyType(empty)), origin=P.FleetRef(None, False)
+    )
+    per_host: dict[str, list[observed.Resource]] = {name: [] for name in fleet.hosts}
+    running = observed.Status(observed.RunState.RUNNING, observed.Health.PASSING, {"pid": 1})
+    for s in plan.steps:
+        assert s.etag is not None and s.spec is not None
+        status = running if s.kind == "machine" else observed.Status()
+        per_host[s.host].append(
+            observed.Resource(s.kind, s.resource_id, observed.OWNER_FLEET, s.etag, s.spec, status)
+        )
+    hosts = {
+        name: dataclasses.replace(empty[name], generation=len(rs), resources=tuple(rs))
+        for name, rs in per_host.items()
+    }
+    return observed.Snapshot(MappingProxyType(hosts), taken_at="2024-01-01T00:00:00Z")
+
+
+def changed(fleet: model.Fleet, share: float) -> model.Fleet:
+    apps = dict(fleet.apps)
+    names = sorted(apps)
+    for name in names[: max(1, int(len(names) * share))]:
+        apps[name] = dataclasses.replace(apps[name], image=apps[name].image + "-next")
+    return dataclasses.replace(fleet, apps=MappingProxyType(apps))
+
+
+def best(fn: Callable[[], Any], runs: int) -> tuple[float, Any]:
+    """Best wall time of ``runs`` calls, the cyclic GC paused during each (as the CLI does)."""
+    times = []
+    out = None
+    for _ in range(runs):
+        gc.collect()
+        with gcpause.paused():
+            t = time.perf_counter()
+            out = fn()
+            times.append(time.perf_counter() - t)
+    return min(times), out
+
+
+def peak_mb(fn: Callable[[], Any]) -> float:
+    gc.collect()
+    tracemalloc.start()
+    fn()
+    _, peak = tracemalloc.get_traced_memory()
+    tracemalloc.stop()
+    return peak / 2**20
+
+
+def main() -> None:
+    p = argparse.ArgumentParser(description=__doc__)
+    p.add_argument("--runs", type=int, default=3)
+    p.add_argument("--hosts", type=int, default=1000)
+    p.add_argument("--apps", type=int, default=200)
+    p.add_argument("--machines", type=int, default=10000)
+    a = p.parse_args()
+    with tempfile.TemporaryDirectory() as tmp:
+        root = genfleet.generate(Path(tmp) / "fleet", a.hosts, a.apps, a.machines)
+        fleet = load.load_dir(root)
+        snap_path = Path(tmp) / "observed.json"
+        snap_path.write_text(json.dumps(observed.snapshot_to_json(applied_snapshot(fleet))))
+        n_machines = sum(x.machine_count for x in fleet.apps.values())
+        print(
+            f"fleet: {len(fleet.hosts)} hosts, {len(fleet.apps)} apps, {n_machines} machines; "
+            f"snapshot {snap_path.stat().st_size / 2**20:.1f} MiB"
+        )
+        ten = changed(fleet, 0.10)
+
+        def plan_of(f: model.Fleet) -> P.Plan:
+            snap = observed.loads(snap_path.read_text(), "observed.json")
+            return planner.make(f, snap, origin=P.FleetRef(None, False))
+
+        t_load, _ = best(lambda: load.load_dir(root), a.runs)
+        t_noop, noop = best(lambda: plan_of(fleet), a.runs)
+        t_ten, ten_plan = best(lambda: plan_of(ten), a.runs)
+        assert not noop.changes, "the no-op plan has changes"
+        mem_load = peak_mb(lambda: load.load_dir(root))
+        mem_noop = peak_mb(lambda: plan_of(fleet))
+        mem_ten = peak_mb(lambda: plan_of(ten))
+    counts = ten_plan.counts()
+    print(f"load + validate:        {t_load:7.2f} s   peak {mem_load:7.1f} MiB")
+    print(
+        f"no-op plan:             {t_noop:7.2f} s   peak {mem_noop:7.1f} MiB   "
+        f"ratio {t_noop / t_load:5.2f}x  (goal <= 2x and < 3 s)"
+    )
+    print(
+        f"10%-changed plan:       {t_ten:7.2f} s   peak {mem_ten:7.1f} MiB   "
+        f"ratio {t_ten / t_load:5.2f}x  ({counts['replace']} replace, {counts['create']} create, "
+        f"{counts['destroy']} destroy, {len(ten_plan.steps)} steps)"
+    )
+
+
+if __name__ == "__main__":
+    main()

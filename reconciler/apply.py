@@ -1,0 +1,278 @@
+"""Execute a saved plan: the only code that changes the world. I/O shell.
+
+It runs exactly ``plan.steps`` (never recomputes), in dependency order, with at
+most ``parallelism`` steps in flight overall and ``per_host`` per host. Each
+step goes to its host's :class:`~reconciler.hosts.protocol.HostClient` with
+its precondition; a refused step (etag changed since the plan) fails alone and
+only what depends on it is skipped. A host that cannot be reached defers its
+steps. A failed health gate halts that app's remaining steps and, when the app
+asks for ``auto_revert``, runs :func:`reconciler.core.rollout.revert_steps`.
+
+Every step is journaled (``started`` before sending, the outcome after), keyed
+by the plan's digest; applying the same plan again resumes: ``done`` steps are
+skipped and the rest sent again, which the agent's idempotence makes safe.
+The report aggregates per host: succeeded, failed, refused, deferred/skipped.
+"""
+
+from __future__ import annotations
+
+import concurrent.futures as cf
+import logging
+from collections import defaultdict
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any
+
+from fleet.errors import HostError, HostUnreachable, StateError
+from reconciler.core import plan as P
+from reconciler.core import rollout
+from reconciler.hosts import protocol
+from reconciler.state import base
+
+log = logging.getLogger(__name__)
+
+DEFAULT_PARALLELISM = 10
+DEFAULT_PER_HOST = 2
+Clients = Callable[[str], protocol.HostClient]
+
+
+@dataclass(slots=True)
+class HostReport:
+    succeeded: list[str] = field(default_factory=list)
+    failed: list[tuple[str, str]] = field(default_factory=list)
+    refused: list[tuple[str, str]] = field(default_factory=list)  # (step, current etag)
+    deferred: list[tuple[str, str]] = field(default_factory=list)  # not run, and why
+    reverted: list[str] = field(default_factory=list)
+
+
+@dataclass(slots=True)
+class Report:
+    apply_id: str
+    hosts: dict[str, HostReport] = field(default_factory=lambda: defaultdict(HostReport))
+    halted: dict[str, str] = field(default_factory=dict)  # app -> why
+    resumed: int = 0  # steps found done in the journal
+
+    @property
+    def ok(self) -> bool:
+        return not any(h.failed or h.refused or h.deferred for h in self.hosts.values())
+
+    def to_json(self) -> dict[str, Any]:
+        return {
+            "apply_id": self.apply_id,
+            "ok": self.ok,
+            "resumed": self.resumed,
+            "halted": dict(self.halted),
+            "hosts": {
+                name: {
+                    "succeeded": r.succeeded,
+                    "failed": [{"step": s, "message": m} for s, m in r.failed],
+                    "refused": [{"step": s, "current_etag": e} for s, e in r.refused],
+                    "deferred": [{"step": s, "reason": m} for s, m in r.deferred],
+                    "reverted": r.reverted,
+                }
+                for name, r in sorted(self.hosts.items())
+            },
+        }
+
+
+EventCallback = Callable[[str, protocol.Event], None]
+
+
+def _noop_event(host: str, event: protocol.Event) -> None:
+    pass
+
+
+class _Run:
+    def __init__(
+        self,
+        plan: P.Plan,
+        apply_id: str,
+        *,
+        clients: Clients,
+        state: base.Backend,
+        parallelism: int,
+        per_host: int,
+        on_event: EventCallback,
+    ) -> None:
+        self.plan = plan
+        self.apply_id = apply_id
+        self.clients = clients
+        self.state = state
+        self.parallelism = max(1, parallelism)
+        self.per_host = max(1, per_host)
+        self.on_event = on_event
+        self.report = Report(apply_id)
+        self.status: dict[str, base.Status] = {}
+        self.auto_revert = {r.app: r.auto_revert for r in plan.rollouts}
+
+    def _client(self, host: str) -> protocol.HostClient:
+        return self.clients(host)
+
+    def _send(self, step: P.Step) -> protocol.Result:
+        client = self._client(step.host)
+        results = client.apply([protocol.Action.of(step)], lambda e: self.on_event(step.host, e))
+        if len(results) != 1 or results[0].action != step.id:
+            raise HostError(step.host, "agent answered for other actions", action=step.id)
+        return results[0]
+
+    def _finish(self, step: P.Step, result: protocol.Result | BaseException) -> None:
+        hr = self.report.hosts[step.host]
+        if isinstance(result, HostUnreachable):
+            self._set(step, base.Status.DEFERRED, None, result.message)
+            hr.deferred.append((step.id, f"host unreachable: {result.message}"))
+            return
+        if isinstance(result, BaseException):
+            message = str(result)
+            self._set(step, base.Status.FAILED, None, message)
+            hr.failed.append((step.id, message))
+            return
+        if result.outcome.succeeded:
+            self._set(step, base.Status.DONE, result.etag, result.outcome.value)
+            hr.succeeded.append(step.id)
+        elif result.outcome is protocol.Outcome.REFUSED:
+            self._set(step, base.Status.REFUSED, result.etag, result.message)
+            hr.refused.append((step.id, result.etag or "absent"))
+        else:
+            self._set(step, base.Status.FAILED, result.etag, result.message)
+            hr.failed.append((step.id, f"{result.outcome.value}: {result.message}"))
+            if result.outcome is protocol.Outcome.GATE_FAILED and step.app:
+                self.report.halted.setdefault(
+                    step.app, f"health gate failed on {step.id}: {result.message}"
+                )
+
+    def _set(self, step: P.Step, status: base.Status, etag: str | None, message: str) -> None:
+        self.status[step.id] = status
+        self.state.record(self.apply_id, step.id, status, etag, message)
+
+    def _blocked(self, step: P.Step) -> str:
+        """Why ``step`` can never run in this apply, or ''."""
+        if step.app in self.report.halted:
+            return f"halted: {self.report.halted[step.app]}"
+        for dep in step.deps:
+            st = self.status.get(dep)
+            if st is not None and st is not base.Status.DONE and st is not base.Status.STARTED:
+                return f"depends on {dep} ({st.value})"
+        return ""
+
+    def run(self) -> Report:
+        journal = self.state.journal(self.apply_id)
+        steps = list(self.plan.steps)
+        for s in steps:
+            entry = journal.get(s.id)
+            if entry is not None and entry.status is base.Status.DONE:
+                self.status[s.id] = base.Status.DONE
+                self.report.resumed += 1
+        pending = [s for s in steps if self.status.get(s.id) is not base.Status.DONE]
+        in_flight: dict[cf.Future[protocol.Result], P.Step] = {}
+        per_host: dict[str, int] = defaultdict(int)
+        with cf.ThreadPoolExecutor(max_workers=self.parallelism) as pool:
+            while pending or in_flight:
+                progressed = False
+                still: list[P.Step] = []
+                for s in pending:
+                    why = self._blocked(s)
+                    if why:
+                        self._set(s, base.Status.SKIPPED, None, why)
+                        self.report.hosts[s.host].deferred.append((s.id, why))
+                        progressed = True
+                        continue
+                    ready = all(self.status.get(d) is base.Status.DONE for d in s.deps)
+                    if (
+                        ready
+                        and len(in_flight) < self.parallelism
+                        and per_host[s.host] < self.per_host
+                    ):
+                        self._set(s, base.Status.STARTED, None, "")
+                        in_flight[pool.submit(self._send, s)] = s
+                        per_host[s.host] += 1
+                        progressed = True
+                    else:
+                        still.append(s)
+                pending = still
+                if not in_flight:
+                    if pending and not progressed:
+                        raise StateError("apply is stuck: steps wait on steps not in the plan")
+                    continue
+                done, _ = cf.wait(list(in_flight), return_when=cf.FIRST_COMPLETED)
+                for fut in done:
+                    s = in_flight.pop(fut)
+                    per_host[s.host] -= 1
+                    try:
+                        self._finish(s, fut.result())
+                    except HostError as exc:
+                        self._finish(s, exc)
+        self._revert()
+        return self.report
+
+    def _revert(self) -> None:
+        for app in sorted(self.report.halted):
+            if not self.auto_revert.get(app, False):
+                continue
+            touched = [
+                sid
+                for sid, st in self.status.items()
+                if st in (base.Status.DONE, base.Status.FAILED)
+            ]
+            for step in rollout.revert_steps(self.plan, app, touched):
+                try:
+                    result = self._send(step)
+                except HostError as exc:
+                    self._set(step, base.Status.FAILED, None, str(exc))
+                    self.report.hosts[step.host].failed.append((step.id, str(exc)))
+                    continue
+                if result.outcome.succeeded:
+                    self._set(step, base.Status.DONE, result.etag, "revert")
+                    self.report.hosts[step.host].reverted.append(step.id)
+                else:
+                    self._set(step, base.Status.FAILED, result.etag, result.message)
+                    self.report.hosts[step.host].failed.append((step.id, result.message))
+
+
+def apply(
+    plan: P.Plan,
+    apply_id: str,
+    *,
+    clients: Clients,
+    state: base.Backend,
+    parallelism: int = DEFAULT_PARALLELISM,
+    per_host: int = DEFAULT_PER_HOST,
+    on_event: EventCallback = _noop_event,
+    purpose: str = "",
+) -> Report:
+    """Apply ``plan`` (whose digest is ``apply_id``) under the state lock; return the report."""
+    holder, _, _ = base.me()
+    lock = state.acquire(holder, purpose or f"apply {apply_id[:12]}")
+    try:
+        state.begin_apply(apply_id, plan.fleet.commit, plan.counts())
+        report = _Run(
+            plan,
+            apply_id,
+            clients=clients,
+            state=state,
+            parallelism=parallelism,
+            per_host=per_host,
+            on_event=on_event,
+        ).run()
+        state.finish_apply(apply_id, "ok" if report.ok else "incomplete", report.to_json())
+        return report
+    finally:
+        state.release(lock.nonce)
+
+
+def summary_lines(report: Report) -> list[str]:
+    """The per-host report as an operator reads it."""
+    lines = []
+    for host, r in sorted(report.hosts.items()):
+        lines.append(
+            f"host {host}: {len(r.succeeded)} succeeded, {len(r.failed)} failed, "
+            f"{len(r.refused)} refused, {len(r.deferred)} deferred"
+            + (f", {len(r.reverted)} reverted" if r.reverted else "")
+        )
+        lines += [f"  failed   {s}: {m}" for s, m in r.failed]
+        lines += [f"  refused  {s}: etag is now {e}" for s, e in r.refused]
+        lines += [f"  deferred {s}: {m}" for s, m in r.deferred]
+    for app, why in sorted(report.halted.items()):
+        lines.append(f"app {app} halted: {why}")
+    if report.resumed:
+        lines.append(f"resumed: {report.resumed} step(s) were already done")
+    return lines

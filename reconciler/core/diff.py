@@ -1,0 +1,76 @@
+"""Field-level differences between two specs: the only module that imports deepdiff.
+
+Pure. The rest of the reconciler sees our own :class:`DiffItem` values, each
+with its path, before and after, and the effect the resource kind's rules give
+it (update in place or replace). Callers compare etags first and only ask for
+a field diff when the digests differ, so deepdiff runs on changed specs only.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from dataclasses import dataclass
+from typing import Any
+
+import deepdiff
+
+from fleet.errors import PlanError
+from providers import resources
+
+
+class _Missing:
+    """Marks a side of a change where the field does not exist."""
+
+    def __repr__(self) -> str:
+        return "<absent>"
+
+
+MISSING: Any = _Missing()
+
+
+@dataclass(frozen=True, slots=True)
+class DiffItem:
+    path: tuple[str | int, ...]
+    before: Any
+    after: Any
+    effect: resources.Effect
+
+    @property
+    def dotted(self) -> str:
+        out = ""
+        for part in self.path:
+            out += f"[{part}]" if isinstance(part, int) else (f".{part}" if out else str(part))
+        return out
+
+
+def strip_runtime(value: Mapping[str, Any], rules: resources.Rules) -> dict[str, Any]:
+    return {k: v for k, v in value.items() if k not in rules.runtime_fields}
+
+
+def diff(
+    before: Mapping[str, Any], after: Mapping[str, Any], kind: resources.Kind
+) -> tuple[DiffItem, ...]:
+    """Every changed leaf between ``before`` and ``after``, in path order."""
+    rules = resources.rules(kind)
+    try:
+        result = deepdiff.DeepDiff(
+            dict(before), dict(after), view="tree", threshold_to_diff_deeper=0
+        )
+    except Exception as exc:  # deepdiff raises assorted types on odd input
+        raise PlanError(f"cannot compare {kind} specs: {exc}") from exc
+    items = []
+    for levels in result.values():
+        for level in levels:
+            path = tuple(level.path(output_format="list"))
+            old = MISSING if _absent(level.t1) else level.t1
+            new = MISSING if _absent(level.t2) else level.t2
+            items.append(DiffItem(path, old, new, rules.effect(path)))
+    return tuple(sorted(items, key=lambda i: [str(p) for p in i.path]))
+
+
+def _absent(value: Any) -> bool:
+    return type(value).__name__ == "NotPresent"
+
+
+def forces_replace(items: tuple[DiffItem, ...]) -> bool:
+    return any(i.effect is resources.Effect.REPLACE for i in items)

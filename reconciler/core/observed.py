@@ -1,0 +1,315 @@
+"""What hosts report: the observed-state model and its versioned JSON form.
+
+Pure. This is the ``observe`` answer of the host agent protocol (see
+docs/protocol.md and ``schemas/observed.json``) and the format of a saved
+snapshot (``reconcile observe --save``). JSON is parsed once, here, into frozen
+objects; a malformed answer is a :class:`~fleet.errors.ProtocolError` naming the
+host and the JSON path.
+
+Every resource carries its kind, id, owner (``fleet`` when the reconciler
+manages it), the spec it was last applied with and that spec's etag (the agent
+stores the etag the reconciler sent and never computes one for a managed
+resource), an optional ``actual`` block (live configuration as read back, for
+drift) and a runtime status. ``status.runtime`` holds pids, uptime and the
+like: kept for display, never compared.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from enum import StrEnum
+from types import MappingProxyType
+from typing import Any
+
+from fleet.errors import FleetError, ProtocolError
+from providers import resources
+
+PROTOCOL_VERSION = 1  # the agent protocol (observe answer, apply request/events/result)
+FORMAT_VERSION = 1  # the saved snapshot file around the observe answers
+OWNER_FLEET = "fleet"
+
+Json = Any
+_EMPTY: Mapping[str, Any] = MappingProxyType({})
+
+
+class RunState(StrEnum):
+    CREATED = "created"
+    STARTING = "starting"
+    RUNNING = "running"
+    STOPPED = "stopped"
+    FAILED = "failed"
+
+
+class Health(StrEnum):
+    PASSING = "passing"
+    CRITICAL = "critical"
+    UNKNOWN = "unknown"
+
+
+def canonical(value: Json) -> str:
+    """The canonical JSON text of a value: sorted keys, no spaces, UTF-8."""
+    return json.dumps(value, sort_keys=True, separators=(",", ":"), ensure_ascii=False)
+
+
+def etag(spec: Json) -> str:
+    """The etag the reconciler gives a spec: a short digest of its canonical JSON."""
+    return digest_text(canonical(spec))
+
+
+def digest_text(text: str) -> str:
+    return "sha256:" + hashlib.sha256(text.encode()).hexdigest()[:16]
+
+
+@dataclass(frozen=True, slots=True)
+class Status:
+    state: RunState | None = None
+    health: Health = Health.UNKNOWN
+    runtime: Mapping[str, Json] = field(default_factory=lambda: _EMPTY)
+
+
+@dataclass(frozen=True, slots=True)
+class Resource:
+    kind: resources.Kind
+    id: str
+    owner: str
+    etag: str
+    spec: Mapping[str, Json]
+    status: Status = Status()
+    actual: Mapping[str, Json] | None = None
+
+    @property
+    def managed(self) -> bool:
+        return self.owner == OWNER_FLEET
+
+
+@dataclass(frozen=True, slots=True)
+class Facts:
+    cpus: int = 0
+    memory_mb: int = 0
+    gpus: Mapping[str, int] = field(default_factory=lambda: MappingProxyType({}))
+    hypervisor: str = ""
+    agent_version: str = ""
+    private_prefix: str | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class HostObservation:
+    """One host's observe answer, or the reason it could not be observed."""
+
+    host: str
+    reachable: bool
+    generation: int = 0
+    facts: Facts = Facts()
+    resources: tuple[Resource, ...] = ()
+    error: str = ""
+
+    @staticmethod
+    def unreachable(host: str, error: str) -> HostObservation:
+        return HostObservation(host=host, reachable=False, error=error)
+
+
+@dataclass(frozen=True, slots=True)
+class Snapshot:
+    """Observations of every host, as of ``taken_at`` (ISO 8601, UTC)."""
+
+    hosts: Mapping[str, HostObservation]
+    taken_at: str = ""
+    format_version: int = FORMAT_VERSION
+
+    def generations(self) -> dict[str, int]:
+        return {h: o.generation for h, o in sorted(self.hosts.items()) if o.reachable}
+
+
+# ------------------------------------------------------------------ to JSON
+
+
+def resource_to_json(r: Resource) -> dict[str, Json]:
+    out: dict[str, Json] = {
+        "kind": r.kind.value,
+        "id": r.id,
+        "owner": r.owner,
+        "etag": r.etag,
+        "spec": r.spec,
+        "status": {
+            "state": r.status.state.value if r.status.state else None,
+            "health": r.status.health.value,
+            "runtime": dict(r.status.runtime),
+        },
+    }
+    if r.actual is not None:
+        out["actual"] = r.actual
+    return out
+
+
+def host_to_json(o: HostObservation) -> dict[str, Json]:
+    """The agent's observe answer (``protocol_version`` 1)."""
+    if not o.reachable:
+        return {
+            "protocol_version": PROTOCOL_VERSION,
+            "host": o.host,
+            "reachable": False,
+            "error": o.error,
+        }
+    return {
+        "protocol_version": PROTOCOL_VERSION,
+        "host": o.host,
+        "reachable": True,
+        "generation": o.generation,
+        "facts": {
+            "cpus": o.facts.cpus,
+            "memory_mb": o.facts.memory_mb,
+            "gpus": dict(o.facts.gpus),
+            "hypervisor": o.facts.hypervisor,
+            "agent_version": o.facts.agent_version,
+            "private_prefix": o.facts.private_prefix,
+        },
+        "resources": [resource_to_json(r) for r in o.resources],
+    }
+
+
+def snapshot_to_json(s: Snapshot) -> dict[str, Json]:
+    return {
+        "format_version": FORMAT_VERSION,
+        "taken_at": s.taken_at,
+        "hosts": [host_to_json(s.hosts[name]) for name in sorted(s.hosts)],
+    }
+
+
+# ------------------------------------------------------------------ from JSON
+
+
+class _Reader:
+    """Typed access into one host's answer; errors name the host and the JSON path."""
+
+    def __init__(self, host: str) -> None:
+        self.host = host
+
+    def fail(self, path: str, message: str) -> ProtocolError:
+        return ProtocolError(self.host, f"observe answer: {path}: {message}")
+
+    def get(self, obj: Json, key: str, typ: type | tuple[type, ...], path: str) -> Json:
+        if not isinstance(obj, dict):
+            raise self.fail(path, "expected an object")
+        if key not in obj:
+            raise self.fail(f"{path}.{key}", "missing")
+        value = obj[key]
+        if not isinstance(value, typ) or (typ is int and isinstance(value, bool)):
+            raise self.fail(f"{path}.{key}", f"expected {_type_name(typ)}")
+        return value
+
+    def opt(
+        self, obj: Json, key: str, typ: type | tuple[type, ...], path: str, default: Json
+    ) -> Json:
+        if key not in obj or obj[key] is None:
+            return default
+        return self.get(obj, key, typ, path)
+
+
+def _type_name(typ: type | tuple[type, ...]) -> str:
+    names = {
+        dict: "an object",
+        list: "an array",
+        str: "a string",
+        int: "an integer",
+        bool: "a boolean",
+    }
+    if isinstance(typ, tuple):
+        return " or ".join(names.get(t, t.__name__) for t in typ)
+    return names.get(typ, typ.__name__)
+
+
+def _resource(rd: _Reader, raw: Json, path: str) -> Resource:
+    try:
+        kind = resources.Kind(rd.get(raw, "kind", str, path))
+    except ValueError:
+        raise rd.fail(f"{path}.kind", f"unknown kind {raw.get('kind')!r}") from None
+    status_raw = rd.opt(raw, "status", dict, path, {})
+    state_raw = rd.opt(status_raw, "state", str, f"{path}.status", None)
+    try:
+        state = RunState(state_raw) if state_raw is not None else None
+        health = Health(rd.opt(status_raw, "health", str, f"{path}.status", "unknown"))
+    except ValueError as exc:
+        raise rd.fail(f"{path}.status", str(exc)) from None
+    runtime = rd.opt(status_raw, "runtime", dict, f"{path}.status", {})
+    actual = rd.opt(raw, "actual", dict, path, None)
+    return Resource(
+        kind=kind,
+        id=rd.get(raw, "id", str, path),
+        owner=rd.get(raw, "owner", str, path),
+        etag=rd.get(raw, "etag", str, path),
+        spec=rd.get(raw, "spec", dict, path),
+        status=Status(state, health, runtime),
+        actual=actual,
+    )
+
+
+def host_from_json(raw: Json, expect_host: str | None = None) -> HostObservation:
+    """Parse one observe answer; ``expect_host`` checks the agent answered for the right host."""
+    name = raw.get("host") if isinstance(raw, dict) else None
+    rd = _Reader(expect_host or (name if isinstance(name, str) else "?"))
+    version = rd.get(raw, "protocol_version", int, "$")
+    if version != PROTOCOL_VERSION:
+        raise rd.fail(
+            "$.protocol_version",
+            f"agent speaks protocol {version}, this reconciler {PROTOCOL_VERSION}: "
+            "re-bootstrap the host (reconcile hosts bootstrap)",
+        )
+    host = rd.get(raw, "host", str, "$")
+    if expect_host is not None and host != expect_host:
+        raise rd.fail("$.host", f"answer is for host {host!r}")
+    if not rd.opt(raw, "reachable", bool, "$", True):
+        return HostObservation.unreachable(host, rd.opt(raw, "error", str, "$", "unreachable"))
+    facts_raw = rd.opt(raw, "facts", dict, "$", {})
+    gpus = rd.opt(facts_raw, "gpus", dict, "$.facts", {})
+    facts = Facts(
+        cpus=rd.opt(facts_raw, "cpus", int, "$.facts", 0),
+        memory_mb=rd.opt(facts_raw, "memory_mb", int, "$.facts", 0),
+        gpus=MappingProxyType({str(k): int(v) for k, v in gpus.items()}),
+        hypervisor=rd.opt(facts_raw, "hypervisor", str, "$.facts", ""),
+        agent_version=rd.opt(facts_raw, "agent_version", str, "$.facts", ""),
+        private_prefix=rd.opt(facts_raw, "private_prefix", str, "$.facts", None),
+    )
+    raw_resources = rd.get(raw, "resources", list, "$")
+    parsed = tuple(_resource(rd, r, f"$.resources[{i}]") for i, r in enumerate(raw_resources))
+    return HostObservation(
+        host=host,
+        reachable=True,
+        generation=rd.get(raw, "generation", int, "$"),
+        facts=facts,
+        resources=parsed,
+    )
+
+
+def snapshot_from_json(raw: Json, source: str = "snapshot") -> Snapshot:
+    if not isinstance(raw, dict) or raw.get("format_version") != FORMAT_VERSION:
+        got = raw.get("format_version") if isinstance(raw, dict) else None
+        raise FleetError(
+            f"{source}: not an observed-state snapshot of format_version {FORMAT_VERSION} "
+            f"(found {got!r})"
+        )
+    hosts_raw = raw.get("hosts")
+    if not isinstance(hosts_raw, list):
+        raise FleetError(f"{source}: $.hosts: expected an array")
+    hosts: dict[str, HostObservation] = {}
+    for answer in hosts_raw:
+        obs = host_from_json(answer)
+        if obs.host in hosts:
+            raise FleetError(f"{source}: host {obs.host!r} appears twice")
+        hosts[obs.host] = obs
+    taken_at = raw.get("taken_at", "")
+    return Snapshot(hosts=MappingProxyType(hosts), taken_at=str(taken_at or ""))
+
+
+def loads(text: str, source: str = "snapshot") -> Snapshot:
+    try:
+        raw = json.loads(text)
+    except json.JSONDecodeError as exc:
+        raise FleetError(f"{source}: not JSON: {exc}") from exc
+    return snapshot_from_json(raw, source)
+
+
+def dumps(snapshot: Snapshot) -> str:
+    return json.dumps(snapshot_to_json(snapshot), indent=1, sort_keys=True) + "\n"

@@ -1,0 +1,243 @@
+"""Order the steps of a plan into a DAG: dependencies, rollout batches, health gates. Pure.
+
+On the way up: image ready -> machine created and healthy (its gate) -> proxy
+route -> BGP announcement. On the way down, the reverse: withdraw the
+announcement -> remove the route (or the backend from it) -> delete the machine
+-> remove the image nobody uses.
+
+Replacements of an app's machines follow its deploy strategy (fly.toml names):
+
+* ``rolling`` (default): batches of ``max(1, floor(max_unavailable * N))``
+  machines (N = the app's machine count). With ``max_surge > 0`` each batch is
+  create-before-destroy (``+/-``) and at most ``max_surge`` machines wide, so
+  no machine is ever unavailable and extra machines never exceed the surge;
+  with ``max_surge: 0`` it is destroy-before-create (``-/+``).
+* ``canary``: the first ``canary_count`` machines form a batch of their own,
+  then the rest roll as above.
+* ``bluegreen``: all new machines at once, all healthy before any old one goes.
+* ``immediate``: all at once, no health gate.
+
+Each batch waits for the previous one; a machine's create step carries a
+health gate (healthy for ``min_healthy_time``, else fail at ``wait_timeout``).
+If a gate fails, apply halts the app and, with ``auto_revert``, runs
+:func:`revert_steps`, which are derived from the plan alone.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+from collections import defaultdict
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass
+
+from fleet import model
+from providers import resources
+from reconciler.core import plan as P
+
+Kind = resources.Kind
+
+
+@dataclass(slots=True)
+class Work:
+    """One change and its steps, while the DAG is being built."""
+
+    change: P.Change
+    steps: list[P.Step]
+
+
+def batch_plan(app: model.App, count: int) -> tuple[list[int], bool]:
+    """Batch sizes for ``count`` replacements of ``app`` and whether they create first."""
+    d = app.deploy
+    total = max(app.machine_count, count, 1)
+    if d.strategy is model.Strategy.IMMEDIATE or d.strategy is model.Strategy.BLUEGREEN:
+        return ([count] if count else []), True
+    width = max(1, math.floor(d.max_unavailable * total))
+    cbd = d.max_surge > 0
+    if cbd:
+        width = max(1, min(width, d.max_surge))
+    sizes: list[int] = []
+    left = count
+    if d.strategy is model.Strategy.CANARY and left:
+        first = min(max(d.canary_count, 1), left)
+        sizes.append(first)
+        left -= first
+    while left > 0:
+        sizes.append(min(width, left))
+        left -= sizes[-1]
+    return sizes, cbd
+
+
+def order(works: Sequence[Work], fleet: model.Fleet) -> tuple[list[Work], list[P.Rollout]]:
+    """Fill in every step's dependencies and batch; return the works and each app's rollout."""
+    deps: dict[str, set[str]] = defaultdict(set)
+    batch_of: dict[str, int] = {}
+    image_create: dict[tuple[str, str], str] = {}
+    image_delete: dict[tuple[str, str], str] = {}
+    route_put: dict[tuple[str, str], str] = {}
+    route_delete: dict[tuple[str, str], str] = {}
+    ann_put: dict[tuple[str, str], str] = {}
+    ann_delete: dict[tuple[str, str], str] = {}
+    ups: dict[tuple[str, str], list[str]] = defaultdict(list)  # machine steps bringing capacity
+    downs: dict[tuple[str, str], list[str]] = defaultdict(list)  # machine deletes of leaving slots
+    deletes_on: dict[str, list[str]] = defaultdict(list)
+    replaces: dict[str, list[Work]] = defaultdict(list)
+
+    for w in works:
+        c = w.change
+        for s in w.steps:
+            key = (s.host, s.app or "")
+            if s.kind is Kind.IMAGE:
+                (image_create if s.verb is P.Verb.CREATE else image_delete)[
+                    (s.host, s.resource_id)
+                ] = s.id
+            elif s.kind is Kind.ROUTE:
+                (route_delete if s.verb is P.Verb.DELETE else route_put)[key] = s.id
+            elif s.kind is Kind.ANNOUNCEMENT:
+                (ann_delete if s.verb is P.Verb.DELETE else ann_put)[key] = s.id
+            elif s.verb is P.Verb.DELETE:
+                deletes_on[s.host].append(s.id)
+                if c.action is not P.Action.REPLACE or c.from_host:
+                    downs[key].append(s.id)
+            elif s.verb in (P.Verb.CREATE, P.Verb.START) and (
+                c.action is not P.Action.REPLACE or c.from_host
+            ):
+                ups[key].append(s.id)  # it changes the host's set of backends
+        if c.kind is Kind.MACHINE and c.action is P.Action.REPLACE and c.app:
+            replaces[c.app].append(w)
+
+    for w in works:
+        for s in w.steps:
+            key = (s.host, s.app or "")
+            d = deps[s.id]
+            if s.kind is Kind.MACHINE and s.verb is P.Verb.CREATE and s.spec is not None:
+                d.update(_some(image_create.get((s.host, str(s.spec.get("image"))))))
+            elif s.kind is Kind.MACHINE and s.verb is P.Verb.DELETE:
+                d.update(_some(ann_delete.get(key), route_delete.get(key)))
+                if s.id in downs[key]:
+                    d.update(_some(route_put.get(key)))
+            elif s.kind is Kind.ROUTE and s.verb is not P.Verb.DELETE:
+                d.update(ups[key])
+            elif s.kind is Kind.ROUTE:
+                d.update(_some(ann_delete.get(key)))
+            elif s.kind is Kind.ANNOUNCEMENT and s.verb is not P.Verb.DELETE:
+                d.update(ups[key])
+                d.update(_some(route_put.get(key)))
+            elif s.kind is Kind.IMAGE and s.verb is P.Verb.DELETE:
+                d.update(deletes_on[s.host])
+
+    rollouts: list[P.Rollout] = []
+    for app_name in sorted(replaces):
+        app = fleet.apps[app_name]
+        group = sorted(replaces[app_name], key=lambda w: w.change.address)
+        sizes, cbd = batch_plan(app, len(group))
+        rollouts.append(
+            P.Rollout(app_name, app.deploy.strategy.value, len(sizes), cbd, app.deploy.auto_revert)
+        )
+        previous: list[str] = []
+        start = 0
+        for number, size in enumerate(sizes, 1):
+            members = group[start : start + size]
+            start += size
+            creates = [s.id for w in members for s in w.steps if s.verb is P.Verb.CREATE]
+            deletes = [s.id for w in members for s in w.steps if s.verb is P.Verb.DELETE]
+            first, second = (creates, deletes) if cbd else (deletes, creates)
+            for sid in first:
+                deps[sid].update(previous)
+            for sid in second:
+                deps[sid].update(first)
+            for sid in creates + deletes:
+                batch_of[sid] = number
+            for w in members:
+                w.change = dataclasses.replace(
+                    w.change,
+                    replace_mode=P.ReplaceMode.CREATE_BEFORE_DESTROY
+                    if cbd
+                    else P.ReplaceMode.DESTROY_BEFORE_CREATE,
+                )
+            previous = creates + deletes
+
+    out = []
+    for w in works:
+        steps = [
+            dataclasses.replace(
+                s, deps=tuple(sorted(deps[s.id] - {s.id})), batch=batch_of.get(s.id)
+            )
+            for s in w.steps
+        ]
+        out.append(Work(w.change, steps))
+    _check_acyclic(out)
+    return out, rollouts
+
+
+def _some(*ids: str | None) -> list[str]:
+    return [i for i in ids if i]
+
+
+def _check_acyclic(works: Iterable[Work]) -> None:
+    """Kahn's algorithm; a cycle is a planner bug, so it is an assertion."""
+    steps = [s for w in works for s in w.steps]
+    known = {s.id for s in steps}
+    indeg = {s.id: sum(1 for d in s.deps if d in known) for s in steps}
+    users: dict[str, list[str]] = defaultdict(list)
+    for s in steps:
+        for d in s.deps:
+            users[d].append(s.id)
+    ready = [sid for sid, n in indeg.items() if n == 0]
+    seen = 0
+    while ready:
+        sid = ready.pop()
+        seen += 1
+        for u in users[sid]:
+            indeg[u] -= 1
+            if indeg[u] == 0:
+                ready.append(u)
+    assert seen == len(steps), "plan steps form a cycle"
+
+
+def revert_steps(plan: P.Plan, app: str, done: Iterable[str]) -> list[P.Step]:
+    """Steps that undo the machine steps of ``app`` already done, newest first.
+
+    A created instance is deleted; a deleted instance is created again with the
+    spec and etag it had (the change's ``before``). Derived from the plan only.
+    """
+    finished = set(done)
+    changes = {c.address: c for c in plan.changes}
+    out: list[P.Step] = []
+    for s in reversed(plan.steps):
+        if s.app != app or s.kind is not Kind.MACHINE or s.id not in finished:
+            continue
+        rid = f"{s.id}:revert"
+        if s.verb is P.Verb.CREATE:
+            out.append(
+                P.Step(
+                    rid,
+                    s.address,
+                    s.host,
+                    s.kind,
+                    s.resource_id,
+                    P.Verb.DELETE,
+                    None,
+                    None,
+                    s.etag,
+                    app=app,
+                )
+            )
+        elif s.verb is P.Verb.DELETE and s.expect is not None:
+            before = changes[s.address].before if s.address in changes else None
+            if before is not None:
+                out.append(
+                    P.Step(
+                        rid,
+                        s.address,
+                        s.host,
+                        s.kind,
+                        s.resource_id,
+                        P.Verb.CREATE,
+                        before,
+                        s.expect,
+                        None,
+                        app=app,
+                    )
+                )
+    return out

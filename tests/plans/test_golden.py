@@ -1,0 +1,71 @@
+"""Golden plan cases: each tests/plans/<case>/ holds a fleet, an observed snapshot and the
+expected plan (text and JSON) or the expected error. One parametrized test runs them all.
+
+``UPDATE_GOLDEN=1 pytest tests/plans`` rewrites the expected files; review the diff.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+
+import pytest
+
+from fleet import load as fleet_load
+from fleet.errors import FleetError
+from reconciler.core import observed, planfile, planner, render
+from reconciler.core import plan as P
+
+HERE = Path(__file__).resolve().parent
+CASES = sorted(p.name for p in HERE.iterdir() if (p / "case.json").exists())
+UPDATE = os.environ.get("UPDATE_GOLDEN") == "1"
+
+
+def run_case(case: Path) -> tuple[str, str, str]:
+    """(text, json, error) for one case; exactly one of text/json and error is empty."""
+    meta = json.loads((case / "case.json").read_text())
+    try:
+        fleet = fleet_load.load_dir(case / "fleet")
+        snap = observed.loads((case / "observed.json").read_text(), "observed.json")
+        opts = meta.get("options", {})
+        options = P.Options(
+            targets=tuple(opts.get("targets", ())),
+            excludes=tuple(opts.get("excludes", ())),
+            allow_mass_destroy=opts.get("allow_mass_destroy", False),
+            allow_anycast_withdraw=opts.get("allow_anycast_withdraw", False),
+        )
+        plan = planner.make(fleet, snap, origin=P.FleetRef("0" * 40, False), options=options)
+    except FleetError as exc:
+        lines = [line.replace(str(case) + "/", "") for line in exc.lines()]
+        return "", "", "\n".join(lines) + "\n"
+    # The plan must survive its own JSON round trip unchanged (apply reads it back).
+    text = planfile.dumps(plan)
+    assert planfile.dumps(planfile.loads(text)[0]) == text
+    return render.text(plan, meta.get("verbose", 0)), text, ""
+
+
+def test_enough_cases() -> None:
+    assert len(CASES) >= 25
+
+
+@pytest.mark.parametrize("name", CASES)
+def test_plan_case(name: str) -> None:
+    case = HERE / name
+    text, js, error = run_case(case)
+    expected = {"expected.txt": text, "expected.json": js, "expected_error.txt": error}
+    if UPDATE:
+        for fname, content in expected.items():
+            path = case / fname
+            if content:
+                path.write_text(content)
+            elif path.exists():
+                path.unlink()
+        return
+    for fname, content in expected.items():
+        path = case / fname
+        if content:
+            assert path.exists(), f"{name}: {fname} missing (got output; run with UPDATE_GOLDEN=1)"
+            assert content == path.read_text(), f"{name}: {fname} differs"
+        else:
+            assert not path.exists(), f"{name}: expected {fname} but got none"
