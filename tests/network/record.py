@@ -1,6 +1,6 @@
 """Re-record the real command outputs the parser golden tests read (run as root).
 
-``python -m tests.network.record`` builds throwaway namespaces, runs real
+``python -m tests.network.record [wg] [bird]`` builds throwaway namespaces, runs real
 wireguard-go and BIRD 2 in them, and writes what ``wg show IFACE dump`` and
 ``birdc show protocols all`` / ``show route all`` printed into
 ``tests/network/recorded/``. The keys in the WireGuard dumps are throwaway
@@ -83,8 +83,10 @@ def main() -> int:
     with tempfile.TemporaryDirectory(prefix="fnt-record-") as tmp:
         lab = NetLab(Path(tmp))
         try:
-            record_wireguard(lab, Path(tmp))
-            if "--wg-only" not in sys.argv:
+            what = sys.argv[1:] or ["wg", "bird"]
+            if "wg" in what:
+                record_wireguard(lab, Path(tmp))
+            if "bird" in what:
                 from tests.network import record_bird
 
                 record_bird.record(lab, Path(tmp))

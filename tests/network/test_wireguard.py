@@ -14,7 +14,7 @@ from providers.network.wireguard import ObservedPeer, OpKind, Peer
 from tests.network import fleets
 
 RECORDED = Path(__file__).with_name("recorded")
-PRIVATE_IN_RECORDING = "eI9wTOpHqzLCR0hReXld6megaCNLoxC91N7xyvdyumg="
+PRIVATE_IN_RECORDING = "QMWhYpQH5tC5jpJOinSfbwU9y3tor30ijrTwYjt1dGA="
 
 
 # ------------------------------------------------------------------ peer sets
@@ -79,15 +79,15 @@ def test_adding_a_host_adds_exactly_one_peer_everywhere() -> None:
 def test_parse_recorded_dump_with_peers() -> None:
     text = (RECORDED / "wg-dump-peers.txt").read_text()
     observed = wireguard.parse_dump(text, "wg-a")
-    assert observed.public_key == "JyzSw1st7trcJnYgVSJFn8efYftoW4VLRXooDJl1Gmk="
+    assert observed.public_key == "jB7CDwPAoGGALeUrVyI1MI1n3pYqvPn8LJ1SleiJsm8="
     assert observed.listen_port == 51820
     assert observed.fwmark == 0
-    live = observed.peers["kZ7BL3zVJD9n08HdN2i0DP/Q+aeNmxGDmlURTtxkwAo="]
+    live = observed.peers["XmGHJmsdpCEsUaPYx7BJrvOAXWfR7CuBTtKaVcdM+jA="]
     assert live.endpoint == "192.0.2.2:51820"
     assert live.allowed_ips == ("fdf1:ee70:0:b::/64",)
     assert live.keepalive == 25
     assert live.latest_handshake > 0 and live.rx_bytes > 0 and live.tx_bytes > 0
-    idle = observed.peers["96Wt//g+zhiDrS4JWU/W6i6TjbNA/hgHWSkb35TLRVg="]
+    idle = observed.peers["h2fajOknpKcyD0IVYQsevYxDKxS0djQouCPC52DG/k8="]
     assert (idle.endpoint, idle.allowed_ips, idle.keepalive, idle.latest_handshake) == (
         None,
         (),
@@ -108,7 +108,7 @@ def test_parse_empty_interface_and_roamed_ipv6_endpoint() -> None:
     empty = wireguard.parse_dump((RECORDED / "wg-dump-empty.txt").read_text(), "wg-a")
     assert dict(empty.peers) == {}
     roamed = wireguard.parse_dump((RECORDED / "wg-dump-roamed.txt").read_text(), "wg-a")
-    peer = roamed.peers["kZ7BL3zVJD9n08HdN2i0DP/Q+aeNmxGDmlURTtxkwAo="]
+    peer = roamed.peers["XmGHJmsdpCEsUaPYx7BJrvOAXWfR7CuBTtKaVcdM+jA="]
     assert peer.endpoint == "[2001:db8:ff::2]:51820"
 
 
