@@ -63,7 +63,8 @@ class AgentClient:
                     raise ProtocolError(self.name, message, action=verb)
                 raise HostError(self.name, message, action=verb)
         if result.exit_status != 0:
-            tail = (result.stderr.strip().splitlines() or ["no output"])[-1]
+            text = result.stderr.decode("utf-8", "replace").strip()
+            tail = (text.splitlines() or ["no output"])[-1]
             raise HostError(
                 self.name, f"fleet-agent {verb} exited {result.exit_status}: {tail}", action=verb
             )
