@@ -1,8 +1,8 @@
 """``fleet-agent``: the program on every host. A thin argparse shell over providers.
 
-``version`` and ``machine run|ls|stop|rm|logs`` are here; ``observe``, ``apply``
-and ``serve`` (the JSON protocol and the supervisor) come with later work and
-will be added as further subcommands. A :class:`FleetError` prints as one
+``version``, ``machine run|ls|stop|rm|logs``, the protocol verbs ``observe``
+and ``apply`` (JSON on stdin, JSON lines out: :mod:`hostagent.wire`) and
+``serve`` (the supervisor: :mod:`hostagent.supervisor`). A :class:`FleetError` prints as one
 line on stderr and exits 1; anything else is a bug and keeps its traceback.
 """
 
@@ -18,7 +18,7 @@ from collections.abc import Sequence
 from pathlib import Path
 
 from fleet.errors import FleetError
-from hostagent import attach
+from hostagent import attach, service
 from providers.vmm import machines
 from providers.vmm.spec import MachineSpec, MachineState, NetMode, NetworkSpec, PortMapping
 
@@ -34,6 +34,11 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("-v", "--verbose", action="store_true", help="log progress to stderr")
     sub = p.add_subparsers(dest="command", required=True)
     sub.add_parser("version", help="print the agent version")
+    sub.add_parser("observe", help="(protocol) answer an observe request read on stdin")
+    sub.add_parser("apply", help="(protocol) carry out an apply request read on stdin")
+    serve = sub.add_parser("serve", help="supervise this host's machines (long-running)")
+    serve.add_argument("--log-format", choices=["text", "json"], default="text")
+    serve.add_argument("--interval", type=float, default=1.0, help="seconds between passes")
     machine = sub.add_parser("machine", help="run microVMs on this host by hand")
     msub = machine.add_subparsers(dest="machine_command", required=True)
 
@@ -151,7 +156,12 @@ def main(argv: Sequence[str] | None = None) -> int:
     if args.command == "version":
         print(f"fleet-agent {VERSION}")
         return 0
+    data_dir = Path(args.data_dir)
+    if args.command in ("observe", "apply"):
+        return service.request(data_dir, args.command)
     try:
+        if args.command == "serve":
+            return service.serve(data_dir, log_format=args.log_format, interval=args.interval)
         mgr = machines.MachineManager(Path(args.data_dir))
         cmd = args.machine_command
         if cmd == "run":

@@ -15,6 +15,7 @@ from pathlib import Path
 from typing import Any
 
 import hostagent
+from fleet.errors import FleetError
 
 DEFAULT_DIR = Path(os.environ.get("FLEET_AGENT_DATA", "/var/lib/fleet-agent"))
 CONFIG_FILE = "agent.json"
@@ -33,7 +34,7 @@ class Config:
         return self.data_dir / "inventory"
 
 
-class ConfigError(Exception):
+class ConfigError(FleetError):
     """The agent has not been bootstrapped on this host, or its config is broken."""
 
 

@@ -34,3 +34,10 @@ def add_state_options(parser: argparse.ArgumentParser) -> None:
         metavar="PATH",
         help="SSH private key for the hosts (default: $FLEET_SSH_KEY or the SSH agent)",
     )
+    parser.add_argument(
+        "--known-hosts",
+        default=None,
+        metavar="FILE",
+        help="pinned host keys besides those in Host documents (default: $FLEET_KNOWN_HOSTS, "
+        "the lab's when it is up, else ~/.ssh/known_hosts)",
+    )

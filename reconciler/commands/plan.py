@@ -87,7 +87,12 @@ def _now() -> str:
 
 
 def _factory(args: argparse.Namespace) -> factory.Factory:
-    return factory.from_option(args.hosts or os.environ.get("FLEET_HOSTS"))
+    return factory.from_option(
+        args.hosts or os.environ.get("FLEET_HOSTS"),
+        ssh_key=getattr(args, "ssh_key", None),
+        known_hosts=getattr(args, "known_hosts", None),
+        fleet_dir=getattr(args, "fleet", None),
+    )
 
 
 def make_plan(args: argparse.Namespace) -> P.Plan:

@@ -1,0 +1,80 @@
+"""Wiring for `fleet-agent observe|apply|serve`: the agent assembled from its parts.
+
+Reads the agent's config (written by bootstrap), opens the inventory and the
+machine manager in the data directory, and hands them to the protocol
+(:mod:`hostagent.wire`) or the supervisor (:mod:`hostagent.supervisor`).
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import signal
+import threading
+from pathlib import Path
+
+import hostagent
+from hostagent import config as config_mod
+from hostagent import machines, supervisor, wire
+from hostagent.agent import Agent, Facts
+from hostagent.inventory import Inventory
+from providers.vmm import machines as vmm_machines
+from providers.vmm.spec import VMMKind
+
+
+def build_agent(data_dir: Path) -> Agent:
+    cfg = config_mod.load(data_dir)
+    manager = vmm_machines.MachineManager(data_dir)
+    handler = machines.MachineHandler(manager, VMMKind(cfg.hypervisor))
+    facts = Facts(
+        host=cfg.host,
+        cpus=os.cpu_count() or 1,
+        memory_mb=config_mod.memory_mb(),
+        gpus=cfg.gpus,
+        hypervisor=cfg.hypervisor,
+        agent_version=hostagent.__version__,
+        private_prefix=cfg.private_prefix,
+    )
+    return Agent(Inventory(cfg.inventory_dir), {"machine": handler}, facts)
+
+
+def request(data_dir: Path, verb: str) -> int:
+    return wire.serve_request(lambda: build_agent(data_dir), verb)
+
+
+class JsonFormatter(logging.Formatter):
+    def format(self, record: logging.LogRecord) -> str:
+        message = record.getMessage()
+        try:
+            body = json.loads(message)
+            if not isinstance(body, dict):
+                body = {"message": message}
+        except ValueError:
+            body = {"message": message}
+        return json.dumps(
+            {
+                "time": self.formatTime(record),
+                "level": record.levelname,
+                "logger": record.name,
+                **body,
+            }
+        )
+
+
+def serve(data_dir: Path, *, log_format: str = "text", interval: float = 1.0) -> int:
+    handler = logging.StreamHandler()
+    if log_format == "json":
+        handler.setFormatter(JsonFormatter())
+    root = logging.getLogger()
+    root.handlers[:] = [handler]
+    root.setLevel(logging.INFO)
+    cfg = config_mod.load(data_dir)
+    agent = build_agent(data_dir)
+    machine_kind = agent.handlers["machine"]
+    sup = supervisor.Supervisor(Inventory(cfg.inventory_dir), machine_kind)
+    stop = threading.Event()
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        signal.signal(sig, lambda *_: stop.set())
+    sup.run(stop, interval)
+    return 0
