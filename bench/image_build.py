@@ -50,10 +50,13 @@ def build_image(dest: Path) -> None:
         layout.file("srv/app.py", "print('hi')\n"),
     ]
     spec = layout.ImageSpec(
-        [layout.layer_tar(samples.base_entries()), layout.layer_tar(entries),
-         layout.layer_tar(app)],
+        [
+            layout.layer_tar(samples.base_entries()),
+            layout.layer_tar(entries),
+            layout.layer_tar(app),
+        ],
         {"Cmd": ["/bin/sh"]},
-    )  # fmt: skip
+    )
     layout.write_oci_layout(dest, spec, tag="bench")
 
 
@@ -79,10 +82,14 @@ def cache_hit(layout_dir: Path, work: Path, n: int = 20) -> list[float]:
 def baseline(layout_dir: Path, work: Path) -> float:
     copy, bundle, image = work / "copy", work / "bundle", work / "base.ext4"
     t = time.perf_counter()
-    subprocess.run(["skopeo", "copy", "-q", f"oci:{layout_dir}:bench", f"oci:{copy}:bench"],
-                   check=True)  # fmt: skip
-    subprocess.run(["umoci", "unpack", "--image", f"{copy}:bench", str(bundle)], check=True,
-                   capture_output=True)  # fmt: skip
+    subprocess.run(
+        ["skopeo", "copy", "-q", f"oci:{layout_dir}:bench", f"oci:{copy}:bench"], check=True
+    )
+    subprocess.run(
+        ["umoci", "unpack", "--image", f"{copy}:bench", str(bundle)],
+        check=True,
+        capture_output=True,
+    )
     tree = bundle / "rootfs"
     rootfs.run_mkfs_ext4(tree, image, rootfs.image_size(tree, 1 << 30))
     return time.perf_counter() - t
@@ -110,10 +117,14 @@ def main() -> None:
         o, b = statistics.median(ours_t), statistics.median(base_t)
         print(f"{'':28}{'ours':>10}{'baseline':>12}{'ratio':>8}")
         print(f"{'image -> rootfs (median s)':28}{o:>10.3f}{b:>12.3f}{o / b:>8.2f}   goal <= 1.0")
-        print(f"{'  runs':28}{' '.join(f'{x:.3f}' for x in ours_t):>10}   "
-              f"{' '.join(f'{x:.3f}' for x in base_t)}")  # fmt: skip
-        print(f"cache hit (new store, warm cache): median {statistics.median(hits) * 1000:.1f} ms, "
-              f"max {max(hits) * 1000:.1f} ms over {len(hits)}   goal <= 100 ms")  # fmt: skip
+        print(
+            f"{'  runs':28}{' '.join(f'{x:.3f}' for x in ours_t):>10}   "
+            f"{' '.join(f'{x:.3f}' for x in base_t)}"
+        )
+        print(
+            f"cache hit (new store, warm cache): median {statistics.median(hits) * 1000:.1f} ms, "
+            f"max {max(hits) * 1000:.1f} ms over {len(hits)}   goal <= 100 ms"
+        )
 
 
 if __name__ == "__main__":

@@ -59,7 +59,9 @@ def rss_mib(pid: int) -> float:
     return 0.0
 
 
-def run_ours(mgr: machines.MachineManager, ref: str, i: int) -> tuple[float, dict[str, float], float]:
+def run_ours(
+    mgr: machines.MachineManager, ref: str, i: int
+) -> tuple[float, dict[str, float], float]:
     port = free_port()
     name = f"bench-{i}"
     net = NetworkSpec(mode=NetMode.USER, publish=(PortMapping(port, 8080),))
@@ -79,7 +81,7 @@ def run_ours(mgr: machines.MachineManager, ref: str, i: int) -> tuple[float, dic
         "kernel": boot_ms / 1000,
         "init": (start_ms - boot_ms) / 1000,
     }
-    phases["app listening"] = total - sum(phases.values())
+    phases["rest: app listening"] = total - sum(phases.values())
     mgr.remove(name, force=True)
     return total, phases, mem
 
@@ -89,13 +91,40 @@ def run_cli(data: Path, ref: str, i: int) -> float:
     name = f"bench-cli-{i}"
     t0 = time.perf_counter()
     subprocess.run(
-        [sys.executable, "-m", "hostagent.cli", "--data-dir", str(data), "machine", "run", "-d",
-         "--name", name, "--publish", f"{port}:8080", ref],
-        check=True, capture_output=True,
-    )  # fmt: skip
+        [
+            sys.executable,
+            "-m",
+            "hostagent.cli",
+            "--data-dir",
+            str(data),
+            "machine",
+            "run",
+            "-d",
+            "--name",
+            name,
+            "--publish",
+            f"{port}:8080",
+            ref,
+        ],
+        check=True,
+        capture_output=True,
+    )
     total = wait_http(port, t0)
-    subprocess.run([sys.executable, "-m", "hostagent.cli", "--data-dir", str(data), "machine",
-                    "rm", "-f", name], check=True, capture_output=True)  # fmt: skip
+    subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "hostagent.cli",
+            "--data-dir",
+            str(data),
+            "machine",
+            "rm",
+            "-f",
+            name,
+        ],
+        check=True,
+        capture_output=True,
+    )
     return total
 
 
@@ -104,22 +133,49 @@ def run_hand(kernel: Path, initrd: Path, rootfs: Path, work: Path) -> tuple[floa
     port = free_port()
     overlay = work / "hand.qcow2"
     t0 = time.perf_counter()
-    subprocess.run(["qemu-img", "create", "-q", "-f", "qcow2", "-F", "raw", "-b", str(rootfs),
-                    str(overlay)], check=True)  # fmt: skip
+    subprocess.run(
+        ["qemu-img", "create", "-q", "-f", "qcow2", "-F", "raw", "-b", str(rootfs), str(overlay)],
+        check=True,
+    )
     khz = qemu.host_khz(Path("/proc/cpuinfo").read_text())
     proc = subprocess.Popen(
-        ["qemu-system-x86_64", "-M", "microvm", "-accel", "tcg", "-cpu", "max", "-m", "256",
-         "-kernel", str(kernel), "-initrd", str(initrd),
-         "-append", f"console=ttyS0 panic=-1 quiet reboot=t tsc_early_khz={khz}",
-         "-nodefaults", "-no-user-config", "-display", "none", "-no-reboot",
-         "-serial", f"file:{work / 'hand.log'}",
-         "-drive", f"id=root,file={overlay},format=qcow2,if=none",
-         "-device", "virtio-blk-device,drive=root",
-         "-netdev", f"user,id=n0,restrict=on,net=192.0.2.0/24,host=192.0.2.2,"
-                    f"hostfwd=tcp:127.0.0.1:{port}-:8080",
-         "-device", "virtio-net-device,netdev=n0"],
-        stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
-    )  # fmt: skip
+        [
+            "qemu-system-x86_64",
+            "-M",
+            "microvm",
+            "-accel",
+            "tcg",
+            "-cpu",
+            "max",
+            "-m",
+            "256",
+            "-kernel",
+            str(kernel),
+            "-initrd",
+            str(initrd),
+            "-append",
+            f"console=ttyS0 panic=-1 quiet reboot=t tsc_early_khz={khz}",
+            "-nodefaults",
+            "-no-user-config",
+            "-display",
+            "none",
+            "-no-reboot",
+            "-serial",
+            f"file:{work / 'hand.log'}",
+            "-drive",
+            f"id=root,file={overlay},format=qcow2,if=none",
+            "-device",
+            "virtio-blk-device,drive=root",
+            "-netdev",
+            f"user,id=n0,restrict=on,net=192.0.2.0/24,host=192.0.2.2,"
+            f"hostfwd=tcp:127.0.0.1:{port}-:8080",
+            "-device",
+            "virtio-net-device,netdev=n0",
+        ],
+        stdin=subprocess.DEVNULL,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
     try:
         total = wait_http(port, t0)
         mem = rss_mib(proc.pid)
@@ -159,18 +215,26 @@ def main() -> None:
             hand_t.append(t)
             hand_mem.append(mem)
         o, c, h = (statistics.median(x) for x in (ours_t, cli_t, hand_t))
-        print(f"accelerator: {mgr.drivers[next(iter(mgr.drivers))].accel.name}"  # type: ignore[attr-defined]
-              f" ({os.cpu_count()} cores), {args.runs} runs each, medians")  # fmt: skip
+        print(
+            f"accelerator: {mgr.drivers[next(iter(mgr.drivers))].accel.name}"  # type: ignore[attr-defined]
+            f" ({os.cpu_count()} cores), {args.runs} runs each, medians"
+        )
         print(f"{'run -> app answering (s)':34}{'ours':>8}{'hand QEMU':>11}{'ratio':>8}")
-        print(f"{'  MachineManager.run (in-process)':34}{o:>8.3f}{h:>11.3f}{o / h:>8.2f}   goal <= 1.3")
+        print(f"{'  MachineManager.run (in-process)':34}{o:>8.3f}{h:>11.3f}{o / h:>8.2f}", end="")
+        print("   goal <= 1.3")
         print(f"{'  fleet-agent machine run -d':34}{c:>8.3f}{h:>11.3f}{c / h:>8.2f}")
-        print(f"  runs: ours {' '.join(f'{x:.2f}' for x in ours_t)}; "
-              f"cli {' '.join(f'{x:.2f}' for x in cli_t)}; hand {' '.join(f'{x:.2f}' for x in hand_t)}")
+
+        def fmt(xs: list[float]) -> str:
+            return " ".join(f"{x:.2f}" for x in xs)
+
+        print(f"  runs: ours {fmt(ours_t)}; cli {fmt(cli_t)}; hand {fmt(hand_t)}")
         print("phases of ours (median s):")
         for key in phases[0]:
             print(f"  {key:16}{statistics.median(p[key] for p in phases):8.3f}")
-        print(f"QEMU RSS per VM (MiB, median): ours {statistics.median(ours_mem):.0f}, "
-              f"hand {statistics.median(hand_mem):.0f} (-m 256)")  # fmt: skip
+        print(
+            f"QEMU RSS per VM (MiB, median): ours {statistics.median(ours_mem):.0f}, "
+            f"hand {statistics.median(hand_mem):.0f} (-m 256)"
+        )
 
 
 if __name__ == "__main__":
