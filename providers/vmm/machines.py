@@ -26,7 +26,7 @@ from providers.guestinit import build as initbuild
 from providers.guestinit import conf as guestconf
 from providers.guestinit import launch
 from providers.images.store import ImageStore
-from providers.vmm import base, console, initramfs, network, qemu
+from providers.vmm import base, cloud_hypervisor, console, firecracker, initramfs, network, qemu
 from providers.vmm.kernel import KernelStore
 from providers.vmm.spec import (
     MachineSpec,
@@ -79,6 +79,7 @@ def spec_from_dict(raw: dict[str, Any]) -> MachineSpec:
         kill_timeout=float(raw.get("kill_timeout", 5.0)),
         network=network_spec,
         vmm=VMMKind(raw.get("vmm", "qemu")),
+        pci_devices=tuple(raw.get("pci_devices", ())),
     )
 
 
@@ -117,7 +118,11 @@ class MachineManager:
         self.images = images or ImageStore(data_dir)
         self.kernels = kernels or KernelStore(data_dir)
         if drivers is None:
-            drivers = {VMMKind.QEMU: qemu.QemuDriver()}
+            drivers = {
+                VMMKind.QEMU: qemu.QemuDriver(),
+                VMMKind.FIRECRACKER: firecracker.FirecrackerDriver(),
+                VMMKind.CLOUD_HYPERVISOR: cloud_hypervisor.CloudHypervisorDriver(),
+            }
         self.drivers = drivers
         self.machines_dir = data_dir / "machines"
         self.machines_dir.mkdir(parents=True, exist_ok=True)
@@ -158,7 +163,7 @@ class MachineManager:
             name=spec.name, dir=mdir, kernel=Path(b["kernel"]), initrd=Path(b["initrd"]),
             cmdline=b["cmdline"], rootfs=Path(b["rootfs"]), cpus=spec.cpus,
             memory_mb=spec.memory_mb, network=spec.network, tap=b["tap"], mac=b["mac"],
-            nonce=b["nonce"],
+            nonce=b["nonce"], pci_devices=spec.pci_devices,
         )  # fmt: skip
         return MachineRecord(spec, boot, doc["image_digest"], doc["created_at"], doc["timings"])
 
@@ -200,7 +205,7 @@ class MachineManager:
             launch=plan, nonce=nonce, hostname=hostname, rootfstype=image.fstype,
             addresses=addresses, gateways=gws, mtu=spec.network.mtu,
             kill_signal=guestconf.signal_number(spec.kill_signal),
-            kill_timeout_ms=int(spec.kill_timeout * 1000),
+            kill_timeout_ms=int(spec.kill_timeout * 1000), halt=drv.guest_halt,
         )  # fmt: skip
         mdir.mkdir(parents=True)
         try:
@@ -211,7 +216,7 @@ class MachineManager:
                 rootfs=image.rootfs, cpus=spec.cpus, memory_mb=spec.memory_mb,
                 network=spec.network,
                 tap=network.tap_name(spec.name) if spec.network.mode is NetMode.TAP else "",
-                mac=network.mac_address(spec.name), nonce=nonce,
+                mac=network.mac_address(spec.name), nonce=nonce, pci_devices=spec.pci_devices,
             )  # fmt: skip
             drv.prepare(boot)
             timings["prepare"] = time.monotonic() - t0

@@ -125,6 +125,7 @@ class QemuDriver:
     """QEMU microvm under KVM when it really works, TCG otherwise."""
 
     kind = VMMKind.QEMU
+    guest_halt = "reboot"  # with -no-reboot, a rebooting guest ends QEMU
 
     def __init__(
         self,
@@ -152,6 +153,10 @@ class QemuDriver:
         return "" if shutil.which(QEMU) else f"{QEMU} is not installed"
 
     def prepare(self, boot: base.BootConfig) -> None:
+        if boot.pci_devices:
+            raise VMMError(
+                f"machine {boot.name}: PCI passthrough needs the cloud-hypervisor driver"
+            )
         disk = boot.dir / DISK
         if disk.exists():
             return
