@@ -90,7 +90,7 @@ def qemu_argv(boot: base.BootConfig, accel: Accel, khz: int, disk: str = DISK) -
         f"socket,id=con,path={CONSOLE_SOCK},server=on,wait=off,"
         f"logfile={base.CONSOLE_LOG},logappend=on",
         "-serial", "chardev:con",
-        "-drive", f"id=root,file={disk},format=qcow2,if=none,cache=unsafe",
+        "-drive", f"id=root,file={disk},format=qcow2,if=none",
         "-device", "virtio-blk-device,drive=root",
     ]  # fmt: skip
     net = boot.network

@@ -231,8 +231,30 @@ def test_second_machine_of_a_built_image_builds_nothing(
         assert (stats.layers_unpacked, stats.mkfs_runs, stats.blobs_fetched) == (0, 0, 0)
         assert rec.timings["build"] == 0.0
         assert rec.boot.rootfs == first.get("twin-1").boot.rootfs  # one base, two overlays
-        assert (rec.boot.dir / "disk.qcow2").exists()
+        layer = rec.boot.dir / "disk.qcow2"
+        assert layer.exists()
+        with open(layer, "ab") as f:  # stands in for what a run wrote into the layer
+            f.write(b"\0" * 65536)
+        grown = layer.stat().st_size
+        second.reset("twin-2")
+        assert layer.exists() and layer.stat().st_size < grown
+        assert rec.boot.rootfs.exists()  # the shared base is untouched
     finally:
         for name in ("twin-1", "twin-2"):
             if name in first.names():
                 first.remove(name, force=True)
+
+
+def test_probe_boot_reaches_init_and_a_broken_one_does_not(data_dir: Path, tmp_path: Path) -> None:
+    from providers.guestinit import build as initbuild
+    from providers.vmm import initramfs, probe
+    from providers.vmm.kernel import KernelStore
+
+    kernel = KernelStore(data_dir).ensure()
+    base_initrd = initramfs.ensure_base(data_dir, kernel, initbuild.ensure_init(data_dir))
+    # the real probe asks for KVM; this machine kind has none usable, so TCG shows it works
+    assert probe.probe_boot(tmp_path, kernel.image, base_initrd, "tcg", timeout=BOOT_TIMEOUT)
+    bogus = tmp_path / "not-a-kernel"
+    bogus.write_bytes(b"\0" * 4096)
+    assert not probe.probe_boot(tmp_path, bogus, base_initrd, "tcg", timeout=BOOT_TIMEOUT)
+    assert not [p for p in tmp_path.iterdir() if p.name.startswith("probe-")]

@@ -195,3 +195,18 @@ def test_attach_shows_only_app_output() -> None:
         "app says FLEET:ffff:exit t=1 code=0",
         "plain line",
     ]
+
+
+def test_probe_answer_is_cached(tmp_path: Path) -> None:
+    from providers.vmm import probe
+
+    runs: list[int] = []
+
+    def run() -> bool:
+        runs.append(1)
+        return False
+
+    assert probe.cached_probe(tmp_path, "kvm|k1", run) is False
+    assert probe.cached_probe(tmp_path, "kvm|k1", run) is False
+    assert len(runs) == 1
+    assert probe.cached_probe(tmp_path, "kvm|k2", lambda: True) is True
