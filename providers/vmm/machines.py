@@ -283,6 +283,8 @@ class MachineManager:
 
     def status(self, name: str) -> MachineStatus:
         rec = self.get(name)
+        if "started_at" not in rec.timings:
+            return MachineStatus(name, MachineState.CREATED, image_digest=rec.image_digest)
         st = self.driver(rec.spec.vmm).status(rec.boot)
         return MachineStatus(
             st.name, st.state, st.pid, st.exit_code, st.exit_signal, st.stop_signal,

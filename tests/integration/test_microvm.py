@@ -58,6 +58,9 @@ def test_oci_semantics_matrix(manager: machines.MachineManager, images: dict[str
             )
         )
 
+    for name, (_state, report) in results.items():
+        assert report.get("zombies") == "0", f"{name}: PID 1 left zombies"
+        assert report.get("end") == "", f"{name}: the report did not finish"
     state, r = results["sem-both"]
     assert state == "stopped exit=0", manager.console_log("sem-both")
     assert r["argv"] == "/bin/report ep c1 c2"
@@ -168,6 +171,10 @@ def test_cli_run_publish_ls_stop_rm(
         "machine",
         "run",
         "-d",
+        "-e",
+        "IGNORE_SIGNAL=TERM",  # the app ignores its kill signal: init must SIGKILL it
+        "--kill-timeout",
+        "1",
         "--name",
         "cli-web",
         "--publish",
@@ -186,7 +193,10 @@ def test_cli_run_publish_ls_stop_rm(
     ls = _agent(data_dir, "machine", "ls")
     assert any(line.split()[:2] == ["cli-web", "running"] for line in ls.stdout.splitlines())
     stop = _agent(data_dir, "machine", "stop", "cli-web")
-    assert stop.returncode == 0 and "cli-web: stopped" in stop.stdout, stop.stderr
+    assert stop.returncode == 0, stop.stderr
+    assert stop.stdout.strip() == "cli-web: stopped (killed by signal 9)"
+    logs = _agent(data_dir, "machine", "logs", "cli-web").stdout
+    assert ":stop " in logs and ":kill " in logs and "after_ms=1000" in logs
     assert _agent(data_dir, "machine", "rm", "cli-web").returncode == 0
     assert "cli-web" not in _agent(data_dir, "machine", "ls").stdout
     # attached run: the app's output on stdout, its exit status as ours
@@ -226,6 +236,7 @@ def test_second_machine_of_a_built_image_builds_nothing(
         first.create(MachineSpec(name="twin-1", image=images["cmd"]))
         calls_after_first = len(mkfs_calls)
         rec = second.create(MachineSpec(name="twin-2", image=images["cmd"]))
+        assert second.status("twin-2").state is MachineState.CREATED
         assert len(mkfs_calls) == calls_after_first
         stats = second_store.stats
         assert (stats.layers_unpacked, stats.mkfs_runs, stats.blobs_fetched) == (0, 0, 0)
