@@ -20,7 +20,14 @@ from pathlib import Path
 from fleet.errors import FleetError
 from hostagent import attach, service
 from providers.vmm import machines
-from providers.vmm.spec import MachineSpec, MachineState, NetMode, NetworkSpec, PortMapping
+from providers.vmm.spec import (
+    MachineSpec,
+    MachineState,
+    NetMode,
+    NetworkSpec,
+    PortMapping,
+    VMMKind,
+)
 
 VERSION = "0.1.0"
 DEFAULT_DATA = "/var/lib/fleet-agent"
@@ -57,6 +64,12 @@ def _parser() -> argparse.ArgumentParser:
     run.add_argument("--memory", type=int, default=256, help="MiB")
     run.add_argument("--kill-signal", default="SIGTERM")
     run.add_argument("--kill-timeout", type=float, default=5.0, help="seconds")
+    run.add_argument(
+        "--vmm",
+        choices=[k.value for k in VMMKind],
+        default=VMMKind.QEMU.value,
+        help="hypervisor (firecracker and cloud-hypervisor need KVM and tap networking)",
+    )
     run.add_argument("-d", "--detach", action="store_true", help="do not attach the console")
     run.add_argument("--rm", action="store_true", help="remove the machine when it ends")
 
@@ -100,6 +113,7 @@ def _spec(args: argparse.Namespace) -> MachineSpec:
         kill_signal=args.kill_signal,
         kill_timeout=args.kill_timeout,
         network=NetworkSpec(mode=NetMode.USER, publish=publish),
+        vmm=VMMKind(args.vmm),
     )
 
 

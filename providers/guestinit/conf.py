@@ -34,6 +34,7 @@ class GuestConfig:
     kill_signal: int = int(signal.SIGTERM)
     kill_timeout_ms: int = 5000
     probe: bool = False
+    halt: str = "reboot"  # or "poweroff" (Cloud Hypervisor restarts a rebooting guest)
 
 
 def signal_number(name: str | int) -> int:
@@ -62,6 +63,7 @@ def encode(cfg: GuestConfig) -> bytes:
         ("workdir", cfg.launch.workdir),
         ("kill_signal", str(cfg.kill_signal)),
         ("kill_timeout_ms", str(cfg.kill_timeout_ms)),
+        ("halt", cfg.halt),
     ]
     if cfg.probe:
         records.append(("probe", "1"))

@@ -17,7 +17,8 @@
  * Configuration: /etc/fleet/machine.conf in the initramfs, NUL-separated
  * "key=value" records (repeated keys keep their order): nonce, hostname,
  * rootdev, rootfstype, rootflags, arg, env, uid, gid, groups, workdir,
- * kill_signal, kill_timeout_ms, addr, gw, mtu, probe (report and reboot at once). Modules to load, in order:
+ * kill_signal, kill_timeout_ms, addr, gw, mtu, probe (report and end at once),
+ * halt ("reboot", the default, or "poweroff" for VMMs that restart a rebooting guest). Modules to load, in order:
  * /etc/fleet/modules (one path per line).
  *
  * Built with `gcc -static -Os` by providers/guestinit/build.py.
@@ -69,6 +70,7 @@ static int kill_signal = SIGTERM;
 static long kill_timeout_ms = 5000;
 static int console_fd = -1;
 static int probe_only;
+static int halt_cmd = RB_AUTOBOOT; /* QEMU -no-reboot and Firecracker end on reboot */
 
 static long uptime_ms(void) {
     struct timespec ts;
@@ -93,7 +95,7 @@ static void say(const char *event, const char *fmt, ...) {
 static void die(const char *what) {
     say("error", "msg=\"%s: %s\"", what, strerror(errno));
     sync();
-    reboot(RB_AUTOBOOT);
+    reboot(halt_cmd);
     _exit(1);
 }
 
@@ -129,6 +131,7 @@ static void parse_conf(void) {
         else if (!strcmp(rec, "kill_timeout_ms")) kill_timeout_ms = atol(v);
         else if (!strcmp(rec, "mtu")) mtu = v;
         else if (!strcmp(rec, "probe")) probe_only = 1;
+        else if (!strcmp(rec, "halt")) halt_cmd = strcmp(v, "poweroff") ? RB_AUTOBOOT : RB_POWER_OFF;
     }
     args[nargs] = NULL;
     envs[nenvs] = NULL;
@@ -200,6 +203,13 @@ static void setup_network(void) {
     run_wait(lo);
     if (!naddrs) return;
     for (int i = 0; i < 50 && access("/sys/class/net/eth0", F_OK) != 0; i++) usleep(20000);
+    /* The host hands out unique addresses: skip duplicate address detection (saves ~1 s). */
+    int dad = open("/proc/sys/net/ipv6/conf/eth0/accept_dad", O_WRONLY | O_CLOEXEC);
+    if (dad >= 0) {
+        ssize_t w = write(dad, "0\n", 2);
+        (void)w;
+        close(dad);
+    }
     if (mtu[0]) {
         const char *m[] = {bb, "ip", "link", "set", "eth0", "mtu", mtu, NULL};
         run_wait(m);
@@ -207,7 +217,7 @@ static void setup_network(void) {
     for (int i = 0; i < naddrs; i++) {
         int v6 = strchr(addrs[i], ':') != NULL;
         const char *a4[] = {bb, "ip", "addr", "add", addrs[i], "dev", "eth0", NULL};
-        const char *a6[] = {bb, "ip", "-6", "addr", "add", addrs[i], "dev", "eth0", "nodad", NULL};
+        const char *a6[] = {bb, "ip", "-6", "addr", "add", addrs[i], "dev", "eth0", NULL};
         if (run_wait(v6 ? a6 : a4) != 0) say("error", "msg=\"ip addr add %s failed\"", addrs[i]);
     }
     const char *up[] = {bb, "ip", "link", "set", "eth0", "up", NULL};
@@ -359,7 +369,7 @@ int main(void) {
     load_modules();
     if (probe_only) { /* the host only wants to know that this VMM/accelerator reaches init */
         say("probe", "ok=1");
-        reboot(RB_AUTOBOOT);
+        reboot(halt_cmd);
         return 0;
     }
     mount_root();
@@ -374,7 +384,7 @@ int main(void) {
         say("error", "msg=\"no command: the image has no Entrypoint or Cmd and none was given\"");
         say("exit", "code=127");
         sync();
-        reboot(RB_AUTOBOOT);
+        reboot(halt_cmd);
         return 1;
     }
 
@@ -467,6 +477,6 @@ int main(void) {
         say("exit", "signal=%d", WTERMSIG(status));
     sync();
     mount(NULL, "/", NULL, MS_REMOUNT | MS_RDONLY, NULL);
-    reboot(RB_AUTOBOOT);
+    reboot(halt_cmd);
     return 0;
 }

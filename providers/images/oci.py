@@ -102,7 +102,9 @@ def _descriptor(raw: Any, what: str) -> Descriptor:
         size = int(raw["size"])
     except (KeyError, TypeError, ValueError) as exc:
         raise ImageError(f"{what}: descriptor lacks digest or size") from exc
-    if not digest.startswith("sha256:") or len(digest) != 71 or size < 0:
+    hexpart = digest[len("sha256:") :]
+    well_formed = len(hexpart) == 64 and all(c in "0123456789abcdef" for c in hexpart)
+    if not digest.startswith("sha256:") or not well_formed or size < 0:
         raise ImageError(f"{what}: unsupported or malformed digest {digest!r}")
     plat = raw.get("platform")
     parsed_platform = None

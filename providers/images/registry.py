@@ -31,6 +31,31 @@ _PARAM_RE = re.compile(r'(\w+)="([^"]*)"')
 TIMEOUT = 30.0
 
 
+class _SameHostAuthRedirect(urllib.request.HTTPRedirectHandler):
+    """Follow redirects (registries send blobs to storage hosts) but never carry our
+    Authorization header to another host."""
+
+    def redirect_request(  # type: ignore[override]  # noqa: PLR0917
+        self,
+        req: urllib.request.Request,
+        fp: BinaryIO,
+        code: int,
+        msg: str,
+        headers: object,
+        newurl: str,
+    ) -> urllib.request.Request | None:
+        new = super().redirect_request(req, fp, code, msg, headers, newurl)  # type: ignore[arg-type]
+        if (
+            new is not None
+            and urllib.parse.urlsplit(newurl).netloc != urllib.parse.urlsplit(req.full_url).netloc
+        ):
+            new.remove_header("Authorization")
+        return new
+
+
+_OPENER = urllib.request.build_opener(_SameHostAuthRedirect())
+
+
 def parse_challenge(header: str) -> tuple[str, dict[str, str]]:
     """``Bearer realm="x",service="y"`` -> ("bearer", {"realm": "x", "service": "y"})."""
     scheme, _, rest = header.strip().partition(" ")
@@ -75,9 +100,10 @@ class RegistrySource:
     def _open(self, url: str, accept: str = "") -> BinaryIO:
         for attempt in range(2):
             try:
-                resp = urllib.request.urlopen(self._request(url, accept), timeout=self.timeout)  # noqa: S310
+                resp = _OPENER.open(self._request(url, accept), timeout=self.timeout)
                 return resp  # type: ignore[no-any-return]
             except urllib.error.HTTPError as exc:
+                exc.close()  # it holds the connection
                 if exc.code == 401 and attempt == 0 and self._authenticate(exc):
                     continue
                 if exc.code == 404:

@@ -16,7 +16,10 @@ from typing import Any
 
 from providers.images import layout
 
-APPLETS = ("sh", "httpd", "echo", "cat", "sleep", "kill", "id", "pwd", "env", "ls", "wget", "true")
+APPLETS = (
+    "sh", "httpd", "echo", "cat", "sleep", "kill", "id", "pwd", "env", "ls", "wget", "true",
+    "grep",
+)  # fmt: skip
 
 USERS_FILE = """root:x:0:0:root:/root:/bin/sh
 app:x:1001:1002:app:/home/app:/bin/sh
@@ -37,16 +40,24 @@ echo "REPORT path=${PATH-<unset>}"
 echo "REPORT home=${HOME-<unset>}"
 echo "REPORT hostname=${HOSTNAME-<unset>}"
 echo "REPORT foo=${FOO-<unset>} bar=${BAR-<unset>}"
+( /bin/true & )  # an orphan: PID 1 must reap it
+sleep 0.3
+echo "REPORT zombies=$(cat /proc/[0-9]*/stat 2>/dev/null | grep -c ') Z ')"
 echo "REPORT end"
 exit ${REPORT_EXIT:-0}
 """
 
-# Serves /www; on the signal named in $STOP_SIGNAL it stops httpd and exits $STOP_EXIT.
+# Serves /www; on the signal named in $STOP_SIGNAL it stops httpd and exits $STOP_EXIT;
+# the signal named in $IGNORE_SIGNAL is ignored (to see the kill timeout at work).
 WEB = """#!/bin/sh
 port=${PORT:-8080}
 httpd -f -p "$port" -h /www &
 pid=$!
-trap 'echo "web: got $STOP_SIGNAL"; kill $pid; exit ${STOP_EXIT:-0}' "${STOP_SIGNAL:-TERM}"
+if [ -n "$IGNORE_SIGNAL" ]; then
+  trap '' "$IGNORE_SIGNAL"
+else
+  trap 'echo "web: got $STOP_SIGNAL"; kill $pid; exit ${STOP_EXIT:-0}' "${STOP_SIGNAL:-TERM}"
+fi
 echo "web: listening on $port"
 wait $pid
 echo "web: httpd ended"

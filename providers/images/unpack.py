@@ -111,7 +111,8 @@ class Unpacker:
         self.root = root
         self.budget = budget
         self.as_root = os.geteuid() == 0
-        self._dirs: set[tuple[str, ...]] = {()}
+        # directory paths as named in the tar -> the same directory with every symlink resolved
+        self._dirs: dict[tuple[str, ...], tuple[str, ...]] = {(): ()}
         if not self.as_root:
             budget.notes.append("not running as root: file ownership is not kept")
 
@@ -123,8 +124,9 @@ class Unpacker:
     def _resolve_dir(self, parts: list[str], what: str, *, create: bool) -> tuple[str, ...]:
         """Resolve directory components inside the root, following symlinks as the guest would."""
         key = tuple(parts)
-        if key in self._dirs:
-            return key
+        known = self._dirs.get(key)
+        if known is not None:
+            return known
         resolved: list[str] = []
         pending = list(parts)
         hops = 0
@@ -159,8 +161,8 @@ class Unpacker:
                 raise ImageError(f"{what}: {'/'.join([*resolved, comp])} is not a directory")
             resolved.append(comp)
         result = tuple(resolved)
-        self._dirs.add(key)
-        self._dirs.add(result)
+        self._dirs[key] = result
+        self._dirs[result] = result
         return result
 
     def _remove(self, path: Path) -> None:
@@ -172,7 +174,7 @@ class Unpacker:
             shutil.rmtree(path)
         else:
             os.unlink(path)
-        self._dirs = {()}  # a directory (or a symlink on a path) may be gone
+        self._dirs = {(): ()}  # a directory (or a symlink on a path) may be gone
 
     # -- one layer -------------------------------------------------------
 
@@ -232,7 +234,7 @@ class Unpacker:
             if not is_dir:
                 self._remove(target)
                 os.mkdir(target, 0o700)
-            self._dirs.add(rel)
+            self._dirs[rel] = rel
         elif member.isreg():
             self._remove(target)
             src = tar.extractfile(member)

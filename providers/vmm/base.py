@@ -36,6 +36,7 @@ class BootConfig:
     tap: str = ""
     mac: str = ""
     nonce: str = ""
+    pci_devices: tuple[str, ...] = ()  # PCI addresses to pass through (VFIO)
 
     @property
     def console_log(self) -> Path:
@@ -46,6 +47,7 @@ class Hypervisor(Protocol):
     """prepare -> start -> (status)* -> stop -> destroy; console_log at any time."""
 
     kind: VMMKind
+    guest_halt: str  # how the guest init ends the VM: "reboot" or "poweroff"
 
     def available(self) -> str:
         """'' when this host can run the driver, else why not."""

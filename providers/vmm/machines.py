@@ -16,6 +16,7 @@ import logging
 import re
 import secrets
 import shutil
+import subprocess
 import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -26,7 +27,16 @@ from providers.guestinit import build as initbuild
 from providers.guestinit import conf as guestconf
 from providers.guestinit import launch
 from providers.images.store import ImageStore
-from providers.vmm import base, console, initramfs, network, qemu
+from providers.vmm import (
+    base,
+    cloud_hypervisor,
+    console,
+    firecracker,
+    initramfs,
+    network,
+    probe,
+    qemu,
+)
 from providers.vmm.kernel import KernelStore
 from providers.vmm.spec import (
     MachineSpec,
@@ -79,6 +89,7 @@ def spec_from_dict(raw: dict[str, Any]) -> MachineSpec:
         kill_timeout=float(raw.get("kill_timeout", 5.0)),
         network=network_spec,
         vmm=VMMKind(raw.get("vmm", "qemu")),
+        pci_devices=tuple(raw.get("pci_devices", ())),
     )
 
 
@@ -117,10 +128,30 @@ class MachineManager:
         self.images = images or ImageStore(data_dir)
         self.kernels = kernels or KernelStore(data_dir)
         if drivers is None:
-            drivers = {VMMKind.QEMU: qemu.QemuDriver()}
+            drivers = {
+                VMMKind.QEMU: qemu.QemuDriver(probe=self._probe_kvm),
+                VMMKind.FIRECRACKER: firecracker.FirecrackerDriver(),
+                VMMKind.CLOUD_HYPERVISOR: cloud_hypervisor.CloudHypervisorDriver(),
+            }
         self.drivers = drivers
         self.machines_dir = data_dir / "machines"
         self.machines_dir.mkdir(parents=True, exist_ok=True)
+
+    def _probe_kvm(self) -> bool:
+        """Asked by the QEMU driver only when the CPU has vmx/svm and /dev/kvm opens."""
+        kernel = self.kernels.ensure()
+        base_initrd = initramfs.ensure_base(
+            self.data_dir, kernel, initbuild.ensure_init(self.data_dir)
+        )
+        version = subprocess.run([qemu.QEMU, "--version"], capture_output=True, text=True,
+                                 check=False).stdout.split("\n", 1)[0]  # fmt: skip
+        cpu = next((ln for ln in Path("/proc/cpuinfo").read_text().splitlines()
+                    if ln.startswith("model name")), "")  # fmt: skip
+        key = f"kvm|{kernel.version}|{version}|{cpu.partition(':')[2].strip()}"
+        return probe.cached_probe(
+            self.data_dir, key,
+            lambda: probe.probe_boot(self.data_dir / "tmp", kernel.image, base_initrd, "kvm"),
+        )  # fmt: skip
 
     # -- records ---------------------------------------------------------
 
@@ -158,7 +189,7 @@ class MachineManager:
             name=spec.name, dir=mdir, kernel=Path(b["kernel"]), initrd=Path(b["initrd"]),
             cmdline=b["cmdline"], rootfs=Path(b["rootfs"]), cpus=spec.cpus,
             memory_mb=spec.memory_mb, network=spec.network, tap=b["tap"], mac=b["mac"],
-            nonce=b["nonce"],
+            nonce=b["nonce"], pci_devices=spec.pci_devices,
         )  # fmt: skip
         return MachineRecord(spec, boot, doc["image_digest"], doc["created_at"], doc["timings"])
 
@@ -200,7 +231,7 @@ class MachineManager:
             launch=plan, nonce=nonce, hostname=hostname, rootfstype=image.fstype,
             addresses=addresses, gateways=gws, mtu=spec.network.mtu,
             kill_signal=guestconf.signal_number(spec.kill_signal),
-            kill_timeout_ms=int(spec.kill_timeout * 1000),
+            kill_timeout_ms=int(spec.kill_timeout * 1000), halt=drv.guest_halt,
         )  # fmt: skip
         mdir.mkdir(parents=True)
         try:
@@ -211,7 +242,7 @@ class MachineManager:
                 rootfs=image.rootfs, cpus=spec.cpus, memory_mb=spec.memory_mb,
                 network=spec.network,
                 tap=network.tap_name(spec.name) if spec.network.mode is NetMode.TAP else "",
-                mac=network.mac_address(spec.name), nonce=nonce,
+                mac=network.mac_address(spec.name), nonce=nonce, pci_devices=spec.pci_devices,
             )  # fmt: skip
             drv.prepare(boot)
             timings["prepare"] = time.monotonic() - t0
@@ -252,6 +283,8 @@ class MachineManager:
 
     def status(self, name: str) -> MachineStatus:
         rec = self.get(name)
+        if "started_at" not in rec.timings:
+            return MachineStatus(name, MachineState.CREATED, image_digest=rec.image_digest)
         st = self.driver(rec.spec.vmm).status(rec.boot)
         return MachineStatus(
             st.name, st.state, st.pid, st.exit_code, st.exit_signal, st.stop_signal,
@@ -291,6 +324,15 @@ class MachineManager:
     def console_log(self, name: str) -> str:
         rec = self.get(name)
         return self.driver(rec.spec.vmm).console_log(rec.boot)
+
+    def reset(self, name: str) -> None:
+        """Discard the machine's writable layer (a stopped machine boots from the image again)."""
+        rec = self.get(name)
+        drv = self.driver(rec.spec.vmm)
+        if drv.running(rec.boot):
+            raise VMMError(f"machine {name} is running; stop it before resetting it")
+        drv.destroy(rec.boot)  # removes the writable layer and the VMM's leftovers
+        drv.prepare(rec.boot)  # a fresh layer over the same read-only base
 
     def remove(self, name: str, *, force: bool = False) -> None:
         """Destroy the machine and its writable layer; a running one only with ``force``."""

@@ -90,7 +90,7 @@ def qemu_argv(boot: base.BootConfig, accel: Accel, khz: int, disk: str = DISK) -
         f"socket,id=con,path={CONSOLE_SOCK},server=on,wait=off,"
         f"logfile={base.CONSOLE_LOG},logappend=on",
         "-serial", "chardev:con",
-        "-drive", f"id=root,file={disk},format=qcow2,if=none,cache=unsafe",
+        "-drive", f"id=root,file={disk},format=qcow2,if=none",
         "-device", "virtio-blk-device,drive=root",
     ]  # fmt: skip
     net = boot.network
@@ -125,6 +125,7 @@ class QemuDriver:
     """QEMU microvm under KVM when it really works, TCG otherwise."""
 
     kind = VMMKind.QEMU
+    guest_halt = "reboot"  # with -no-reboot, a rebooting guest ends QEMU
 
     def __init__(
         self,
@@ -152,6 +153,10 @@ class QemuDriver:
         return "" if shutil.which(QEMU) else f"{QEMU} is not installed"
 
     def prepare(self, boot: base.BootConfig) -> None:
+        if boot.pci_devices:
+            raise VMMError(
+                f"machine {boot.name}: PCI passthrough needs the cloud-hypervisor driver"
+            )
         disk = boot.dir / DISK
         if disk.exists():
             return

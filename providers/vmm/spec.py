@@ -92,6 +92,7 @@ class MachineSpec:
     kill_timeout: float = 5.0
     network: NetworkSpec = field(default_factory=NetworkSpec)
     vmm: VMMKind = VMMKind.QEMU
+    pci_devices: tuple[str, ...] = ()  # e.g. GPUs ("0000:65:00.0"); Cloud Hypervisor only
 
 
 @dataclass(frozen=True, slots=True)

@@ -68,11 +68,14 @@ def test_str_round_trips() -> None:
         assert str(reference.parse(text)) == text
 
 
+HEX = {"amd64": "a", "arm64": "b", "s390x": "c"}
+
+
 def _desc(arch: str, variant: str = "") -> dict[str, object]:
     plat = {"os": "linux", "architecture": arch} | ({"variant": variant} if variant else {})
     return {
         "mediaType": oci.OCI_MANIFEST,
-        "digest": "sha256:" + arch[0] * 64,
+        "digest": "sha256:" + HEX[arch] * 64,
         "size": 1,
         "platform": plat,
     }
@@ -117,3 +120,6 @@ def test_bad_descriptor_is_an_image_error() -> None:
         oci.parse_manifest(b'{"config": {"digest": "md5:x", "size": 1}, "layers": []}')
     with pytest.raises(ImageError):
         oci.parse_manifest(b"[1, 2]")
+    not_hex = '{"config": {"digest": "sha256:' + "g" * 64 + '", "size": 1}, "layers": []}'
+    with pytest.raises(ImageError, match="malformed digest"):
+        oci.parse_manifest(not_hex.encode())

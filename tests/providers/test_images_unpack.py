@@ -97,9 +97,20 @@ def test_links_modes_and_owners_kept(tmp_path: Path) -> None:
 def test_absolute_symlink_parent_resolves_inside_root(tmp_path: Path) -> None:
     root = tmp_path / "root"
     root.mkdir()
-    outside = tmp_path / "etc"  # what a naive unpacker following "/etc"... would not hit, but
-    apply_all(root, [[directory("etc"), symlink("conf", "/etc"), file("conf/app.ini", "x")]])
-    assert (root / "etc/app.ini").read_text() == "x"
+    outside = tmp_path / "outside"  # where the host would land if it followed the symlink
+    target = str(outside)  # an absolute target: in the guest it means ROOT/<that path>
+    apply_all(
+        root,
+        [
+            [symlink("conf", target), file("conf/app.ini", "x")],
+            # the second write through the same symlink must resolve inside the root too
+            [file("conf/second.ini", "y"), directory("conf/sub"), file("conf/sub/third", "z")],
+        ],
+    )
+    inside = root / target.lstrip("/")
+    assert (inside / "app.ini").read_text() == "x"
+    assert (inside / "second.ini").read_text() == "y"
+    assert (inside / "sub/third").read_text() == "z"
     assert not outside.exists()
 
 
