@@ -28,6 +28,7 @@ class Config:
     hypervisor: str = "qemu"
     private_prefix: str | None = None
     gpus: dict[str, int] = field(default_factory=dict)
+    insecure_registries: tuple[str, ...] = ()
 
     @property
     def inventory_dir(self) -> Path:
@@ -56,6 +57,7 @@ def load(data_dir: Path = DEFAULT_DIR) -> Config:
         hypervisor=str(raw.get("hypervisor", "qemu")),
         private_prefix=raw.get("private_prefix"),
         gpus={str(k): int(v) for k, v in (raw.get("gpus") or {}).items()},
+        insecure_registries=tuple(str(h) for h in raw.get("insecure_registries") or ()),
     )
 
 
@@ -70,6 +72,7 @@ def save(config: Config) -> Path:
                 "hypervisor": config.hypervisor,
                 "private_prefix": config.private_prefix,
                 "gpus": config.gpus,
+                "insecure_registries": list(config.insecure_registries),
                 "agent_version": hostagent.__version__,
             },
             indent=2,

@@ -19,13 +19,18 @@ from hostagent import config as config_mod
 from hostagent import machines, supervisor, wire
 from hostagent.agent import Agent, Facts
 from hostagent.inventory import Inventory
+from providers.images import store
 from providers.vmm import machines as vmm_machines
 from providers.vmm.spec import VMMKind
 
 
 def build_agent(data_dir: Path) -> Agent:
     cfg = config_mod.load(data_dir)
-    manager = vmm_machines.MachineManager(data_dir)
+    defaults = store.StoreOptions()
+    options = store.StoreOptions(
+        registry_insecure=(*defaults.registry_insecure, *cfg.insecure_registries)
+    )
+    manager = vmm_machines.MachineManager(data_dir, images=store.ImageStore(data_dir, options))
     handler = machines.MachineHandler(manager, VMMKind(cfg.hypervisor))
     facts = Facts(
         host=cfg.host,

@@ -29,6 +29,13 @@ def register(sub: Any) -> None:
         help="also install the system packages the agent's providers use (apt-get)",
     )
     b.add_argument("--parallelism", type=int, default=4, metavar="N")
+    b.add_argument(
+        "--insecure-registry",
+        action="append",
+        default=[],
+        metavar="HOST",
+        help="a registry host the agents may reach over plain HTTP (repeatable)",
+    )
     b.set_defaults(func=cmd_bootstrap)
 
 
@@ -62,13 +69,21 @@ def cmd_bootstrap(args: argparse.Namespace) -> int:
     the_bundle = bundle.build(cache)
     settings = factory.ssh_settings(args.ssh_key, args.known_hosts)
     creds = ssh.load_credentials(settings.ssh_key, fleet_dir=args.fleet)
-    with ssh.SSHPool(creds, hostkeys.load_policy(settings.known_hosts)) as pool:
+    pool = ssh.SSHPool(
+        creds, hostkeys.load_policy(settings.known_hosts), ssh.SSHOptions(netns=settings.netns)
+    )
+    with pool:
 
         def one(name: str, host: model.Host) -> bootstrap.Outcome:
             remote = SSHRemote(name, pool.get(host))
             prefix = str(world.host_prefixes[name])
             return bootstrap.bootstrap(
-                remote, host, the_bundle, prefix, install_packages=args.install_packages
+                remote,
+                host,
+                the_bundle,
+                prefix,
+                install_packages=args.install_packages,
+                insecure_registries=args.insecure_registry,
             )
 
         result = fanout.fan_out(chosen, one, max_concurrency=args.parallelism)

@@ -66,12 +66,15 @@ class Outcome:
     steps: tuple[str, ...]
 
 
-def agent_config(host: model.Host, prefix: str | None) -> dict[str, object]:
+def agent_config(
+    host: model.Host, prefix: str | None, insecure_registries: Sequence[str] = ()
+) -> dict[str, object]:
     return {
         "host": host.name,
         "hypervisor": host.hypervisor.value,
         "private_prefix": prefix,
         "gpus": {g.model: g.count for g in host.capacity.gpus},
+        "insecure_registries": sorted(insecure_registries),
     }
 
 
@@ -92,9 +95,10 @@ def bootstrap(
     prefix: str | None,
     *,
     install_packages: bool = False,
+    insecure_registries: Sequence[str] = (),
 ) -> Outcome:
     steps: list[str] = []
-    config = json.dumps(agent_config(host, prefix), indent=2, sort_keys=True)
+    config = json.dumps(agent_config(host, prefix, insecure_registries), indent=2, sort_keys=True)
     lines = [*remote.run(_state_script()).splitlines(), "", "", ""]
     installed, current_config, serving = lines[0].strip(), lines[1].strip(), lines[2].strip()
     same_config = _same_json(current_config, config)

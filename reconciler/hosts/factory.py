@@ -26,6 +26,7 @@ from fleet import model
 from fleet.errors import FleetError
 from reconciler.hosts import agentclient, hostkeys, memory, protocol, ssh
 from reconciler.lab import lab
+from reconciler.lab.topology import MGMT_NS
 
 Factory = Callable[[model.Host], protocol.HostClient]
 
@@ -48,6 +49,7 @@ def from_option(
 class SSHSettings:
     ssh_key: str | None
     known_hosts: str | None
+    netns: str | None = None  # the lab's management namespace, when the lab is used
 
 
 def ssh_settings(ssh_key: str | None, known_hosts: str | None) -> SSHSettings:
@@ -55,11 +57,11 @@ def ssh_settings(ssh_key: str | None, known_hosts: str | None) -> SSHSettings:
     pins = known_hosts or os.environ.get("FLEET_KNOWN_HOSTS")
     lab_paths = lab.Paths(lab.DEFAULT_DIR)
     if key is None and pins is None and lab_paths.state.exists():
-        return SSHSettings(str(lab_paths.client_key), str(lab_paths.known_hosts))
+        return SSHSettings(str(lab_paths.client_key), str(lab_paths.known_hosts), MGMT_NS)
     if pins is None:
         default = Path.home() / ".ssh" / "known_hosts"
         pins = str(default) if default.exists() else None
-    return SSHSettings(key, pins)
+    return SSHSettings(key, pins, os.environ.get("FLEET_SSH_NETNS") or None)
 
 
 def ssh_factory(
@@ -67,7 +69,11 @@ def ssh_factory(
 ) -> Factory:
     settings = ssh_settings(ssh_key, known_hosts)
     credentials = ssh.load_credentials(settings.ssh_key, fleet_dir=fleet_dir)
-    pool = ssh.SSHPool(credentials, hostkeys.load_policy(settings.known_hosts))
+    pool = ssh.SSHPool(
+        credentials,
+        hostkeys.load_policy(settings.known_hosts),
+        ssh.SSHOptions(netns=settings.netns),
+    )
 
     def client(host: model.Host) -> protocol.HostClient:
         return agentclient.AgentClient(host, pool.get(host))

@@ -45,6 +45,7 @@ from paramiko.common import cMSG_CHANNEL_REQUEST
 
 from fleet import errors
 from fleet.model import Host, SSHTarget
+from reconciler import netns as netns_mod
 from reconciler.hosts import hostkeys
 
 log = logging.getLogger(__name__)
@@ -78,6 +79,9 @@ class SSHOptions:
     # up on dies there too (sshd refuses "signal" requests on root sessions).
     remote_kill: bool = True
     remote_kill_grace: float = 1.0
+    # Connect from inside this network namespace (the local lab's management
+    # namespace); None: the reconciler's own namespace.
+    netns: str | None = None
 
 
 class Credentials:
@@ -177,9 +181,11 @@ def _with_remote_timeout(command: str, seconds: float) -> str:
     return f'timeout -k 2 {seconds:.3f}s "$SHELL" -c {shlex.quote(command)}'
 
 
-def _open_socket(host: str, target: SSHTarget, timeout: float) -> socket.socket:
+def _open_socket(
+    host: str, target: SSHTarget, timeout: float, netns: str | None = None
+) -> socket.socket:
     try:
-        sock = socket.create_connection((target.address, target.port), timeout=timeout)
+        sock = netns_mod.connect(netns, target.address, target.port, timeout)
     except OSError as exc:
         raise errors.HostUnreachable(
             host, f"cannot connect to {target.address}:{target.port}: {_reason(exc)}"
@@ -207,14 +213,14 @@ def _presented(transport: paramiko.Transport) -> hostkeys.PublicKey:
 
 
 def fetch_host_key(
-    target: SSHTarget, *, host: str = "", timeout: float = 10.0
+    target: SSHTarget, *, host: str = "", timeout: float = 10.0, netns: str | None = None
 ) -> hostkeys.PublicKey:
     """The key the server at ``target`` presents now (key exchange only, no login).
 
     For messages and for operators who want to pin a key; it trusts nothing.
     """
     host = host or target.address
-    sock = _open_socket(host, target, timeout)
+    sock = _open_socket(host, target, timeout, netns)
     transport = paramiko.Transport(sock)
     try:
         transport.start_client(timeout=timeout)
@@ -263,7 +269,7 @@ class SSHConnection:
 
     def _connect_once(self) -> paramiko.Transport:
         opts, t = self.options, self.target
-        sock = _open_socket(self.host, t, opts.connect_timeout)
+        sock = _open_socket(self.host, t, opts.connect_timeout, opts.netns)
         self.connects += 1
         transport = paramiko.Transport(sock)
         try:

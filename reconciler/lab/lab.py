@@ -11,7 +11,12 @@ SSH command); everything started through that sshd (agents, microVMs) sees the
 same view, as on a real machine.
 
 ``down`` removes everything ``up`` made, also after a crash (names carry the
-``flab-`` prefix), and is idempotent. Only processes inside the lab's own
+``flab-`` prefix), and is idempotent.
+
+The lab adds nothing to the machine's own network namespace: the reconciler
+reaches the hosts from inside the management namespace
+(:mod:`reconciler.netns`), so the machine's real interfaces and routes are
+never touched, even when they use the same documentation ranges. Only processes inside the lab's own
 namespaces are ended, by PID.
 """
 
@@ -23,7 +28,6 @@ import logging
 import os
 import shutil
 import signal
-import socket
 import subprocess
 import time
 from collections.abc import Sequence
@@ -32,8 +36,18 @@ from pathlib import Path
 from typing import Any
 
 from fleet.errors import LabError
-from reconciler.lab import topology
-from reconciler.lab.topology import CLIENT_NS, MGMT_GATEWAY, MGMT_NS, PREFIX, ROOT_LINK, Topology
+from reconciler import netns
+from reconciler.lab import images, topology
+from reconciler.lab.topology import (
+    CLIENT_NS,
+    MGMT_GATEWAY,
+    MGMT_NS,
+    PREFIX,
+    REGISTRY_ADDR,
+    REGISTRY_NS,
+    ROOT_LINK,
+    Topology,
+)
 
 log = logging.getLogger(__name__)
 
@@ -131,10 +145,13 @@ def _network(topo: Topology) -> None:
         run(["ip", "netns", "add", name])
         run(ns(name, "ip", "link", "set", "lo", "up"))
         _sysctls(name)
+    # The operator's side of the management network lives in its own namespace,
+    # not in the machine's: the machine's real network may use these very ranges.
     _bridge(MGMT_NS, "br0")
-    _veth(None, ROOT_LINK, MGMT_NS, "root")
-    _enslave(MGMT_NS, "root", "br0")
-    run(["ip", "addr", "add", str(MGMT_GATEWAY), "dev", ROOT_LINK])
+    _addr(MGMT_NS, "br0", str(MGMT_GATEWAY))
+    _veth(REGISTRY_NS, "mgmt0", MGMT_NS, "registry")
+    _enslave(MGMT_NS, "registry", "br0")
+    _addr(REGISTRY_NS, "mgmt0", str(REGISTRY_ADDR))
     for region in topo.regions:
         _bridge(region.netns, "fabric")
         _addr(region.netns, "fabric", str(region.fabric4))
@@ -249,11 +266,34 @@ def _start_sshd(paths: Paths, host: topology.LabHost) -> int:
     return proc.pid
 
 
+def _start_registry(paths: Paths) -> int:
+    """A Distribution (docker-registry) server on the management network, plain HTTP."""
+    storage = paths.root / "registry"
+    storage.mkdir(parents=True, exist_ok=True)
+    conf = paths.root / "registry.yml"
+    conf.write_text(
+        "version: 0.1\nlog:\n  level: warn\nstorage:\n  filesystem:\n"
+        f"    rootdirectory: {storage}\n  delete:\n    enabled: true\n"
+        f"http:\n  addr: {REGISTRY_ADDR.ip}:5000\n"
+    )
+    log_file = (paths.root / "registry.log").open("ab")
+    proc = subprocess.Popen(
+        ns(REGISTRY_NS, "docker-registry", "serve", str(conf)),
+        stdin=subprocess.DEVNULL,
+        stdout=log_file,
+        stderr=log_file,
+        start_new_session=True,
+    )
+    log_file.close()
+    return proc.pid
+
+
 def _wait_port(address: str, port: int, timeout: float) -> bool:
+    """Whether ``address:port`` accepts TCP, asked from the management namespace."""
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
         try:
-            with socket.create_connection((address, port), timeout=0.5):
+            with netns.connect(MGMT_NS, address, port, 0.5):
                 return True
         except OSError:
             time.sleep(0.05)
@@ -269,11 +309,15 @@ def up(topo: Topology, paths: Paths) -> dict[str, Any]:
         _network(topo)
         _keys(paths, topo)
         pids = {h.name: _start_sshd(paths, h) for h in topo.hosts}
+        registry_pid = _start_registry(paths)
         for host in topo.hosts:
             if not _wait_port(str(host.mgmt.ip), host.ssh_port, 10.0):
                 log_text = (paths.host_dir(host.name) / "sshd.log").read_text(errors="replace")
                 tail = log_text.strip().splitlines()[-1:] or ["no output"]
                 raise LabError(f"host {host.name}: sshd did not start: {tail[0]}")
+        if not _wait_port(str(REGISTRY_ADDR.ip), 5000, 10.0):
+            raise LabError("the lab's image registry did not start (see registry.log)")
+        pushed = images.push_all()
         state = {
             "hosts": {
                 h.name: {
@@ -286,6 +330,11 @@ def up(topo: Topology, paths: Paths) -> dict[str, Any]:
             },
             "regions": {r.name: {"netns": r.netns} for r in topo.regions},
             "client": CLIENT_NS,
+            "registry": {
+                "address": f"{REGISTRY_ADDR.ip}:5000",
+                "pid": registry_pid,
+                "images": pushed,
+            },
             "known_hosts": str(paths.known_hosts),
             "ssh_key": str(paths.client_key),
         }

@@ -4,11 +4,11 @@ Pure: the fleet's Regions and Hosts in, a :class:`Topology` out. Nothing here
 touches the machine; :mod:`reconciler.lab.lab` builds what this describes.
 
 Every address is a documentation or ULA range and exists only inside the
-lab's namespaces (plus the one management link in the machine's own
-namespace, which reaches nothing but the lab):
+lab's namespaces; the machine's own namespace gets nothing:
 
-- management network ``192.0.2.0/25``: the machine running ``reconcile`` is
-  ``192.0.2.1``; each host's ``spec.ssh.address`` must lie in it;
+- management network ``192.0.2.0/25``: the operator's side is ``192.0.2.1`` in
+  the management namespace (the reconciler opens its sockets there), the
+  lab's registry ``192.0.2.2``; each host's ``spec.ssh.address`` must lie in it;
 - region fabric: the /26 around the region's first upstream peer address
   (e.g. ``203.0.113.1`` -> ``203.0.113.0/26``), hosts from ``.10`` on; and a
   ULA /64 ``fd00:fab:N::/64`` for IPv6 sessions;
@@ -30,9 +30,11 @@ PREFIX = "flab"
 MGMT_NET = ipaddress.IPv4Network("192.0.2.0/25")
 MGMT_GATEWAY = ipaddress.IPv4Interface("192.0.2.1/25")
 CLIENT_LINKS = ipaddress.IPv4Network("192.0.2.128/25")
-ROOT_LINK = f"{PREFIX}-mgmt0"
+ROOT_LINK = f"{PREFIX}-mgmt0"  # older labs linked the machine here; down still removes it
 MGMT_NS = f"{PREFIX}-mgmt"
 CLIENT_NS = f"{PREFIX}-client"
+REGISTRY_NS = f"{PREFIX}-registry"
+REGISTRY_ADDR = ipaddress.IPv4Interface("192.0.2.2/25")
 
 
 @dataclass(frozen=True, slots=True)
@@ -71,6 +73,7 @@ class Topology:
         return [
             MGMT_NS,
             CLIENT_NS,
+            REGISTRY_NS,
             *(r.netns for r in self.regions),
             *(h.netns for h in self.hosts),
         ]
@@ -133,10 +136,11 @@ def build(fleet: model.Fleet) -> Topology:
                 f"host {host.name}: the lab needs spec.ssh.address to be an IPv4 address "
                 f"in {MGMT_NET}; got {host.ssh.address!r}"
             ) from None
-        if address not in MGMT_NET or address == MGMT_GATEWAY.ip:
+        if address not in MGMT_NET or address in (MGMT_GATEWAY.ip, REGISTRY_ADDR.ip):
             raise FleetError(
                 f"host {host.name}: spec.ssh.address {address} is outside the lab's "
-                f"management network {MGMT_NET} (or is the gateway {MGMT_GATEWAY.ip})"
+                f"management network {MGMT_NET} (or is {MGMT_GATEWAY.ip} or {REGISTRY_ADDR.ip}, "
+                "which the lab keeps for itself)"
             )
         lab_region = by_region[host.region]
         n = counters.get(host.region, 0)

@@ -39,7 +39,7 @@ def test_a_host_with_a_foreign_key_is_refused(lab: Lab) -> None:
 
 def test_no_namespace_has_a_default_route(lab: Lab) -> None:
     status = json.loads(lab.reconcile("lab", "status", "--format", "json").stdout)
-    assert len(status["namespaces"]) == 8
+    assert len(status["namespaces"]) == 9
     for netns in status["namespaces"]:
         for family in ("-4", "-6"):
             routes = subprocess.run(
@@ -57,6 +57,18 @@ def test_links_work_inside_the_lab(lab: Lab) -> None:
     assert lab.exec("client", "ping", "-c1", "-W2", "192.0.2.129").returncode == 0
     # Hosts reach each other over the management network.
     assert lab.exec("ams-1", "ping", "-c1", "-W2", "192.0.2.22").returncode == 0
+
+
+def test_the_machines_own_namespace_is_untouched(lab: Lab) -> None:
+    links = subprocess.run(["ip", "-o", "link"], capture_output=True, text=True, check=True)
+    assert "flab" not in links.stdout
+    routes = subprocess.run(["ip", "route"], capture_output=True, text=True, check=True).stdout
+    assert "192.0.2.0/25" not in routes
+
+
+def test_the_registry_holds_the_example_images(lab: Lab) -> None:
+    tags = lab.exec("ams-1", "wget", "-qO-", "http://192.0.2.2:5000/v2/examples/hello/tags/list")
+    assert '"1.0"' in tags.stdout and '"2.0"' in tags.stdout
 
 
 def test_each_host_has_its_own_agent_directory(lab: Lab) -> None:

@@ -1,0 +1,84 @@
+"""The example fleet's images, built from busybox-static and pushed to the lab's registry.
+
+No Docker and no download: each image is busybox plus a start script, written
+as an OCI layout (:mod:`providers.images.layout`) and pushed with skopeo to
+the registry the lab runs at ``192.0.2.2:5000``, where the agents pull them
+like any registry image. Versions ``1.0`` and ``2.0`` differ only in what they
+answer, so a rolling deploy is visible from outside.
+
+- ``examples/hello``: busybox httpd on ``$PORT`` (8080) over IPv4 and IPv6,
+  answering ``$GREETING (version)`` at ``/`` and ``ok`` at ``/healthz``.
+- ``examples/echo``: a TCP echo server on port 7000.
+"""
+
+from __future__ import annotations
+
+import subprocess
+import tempfile
+from pathlib import Path
+
+from fleet.errors import LabError
+from providers.images import layout, samples
+from reconciler.lab.topology import MGMT_NS
+
+REGISTRY = "192.0.2.2:5000"
+VERSIONS = ("1.0", "2.0")
+
+HELLO = """#!/bin/sh
+mkdir -p /tmp/www
+echo "${GREETING:-hello} (version %s)" > /tmp/www/index.html
+echo ok > /tmp/www/healthz
+trap 'kill $pid; exit 0' INT TERM
+httpd -f -p "[::]:${PORT:-8080}" -h /tmp/www &
+pid=$!
+echo "hello: listening on ${PORT:-8080}"
+wait $pid
+"""
+
+ECHO = """#!/bin/sh
+trap 'exit 0' INT TERM
+echo "echo: listening on 7000"
+nc -ll -p 7000 -e cat &
+wait $!
+"""
+
+EXTRA_APPLETS = ("mkdir", "nc")
+
+
+def hello_image(version: str) -> layout.ImageSpec:
+    base = samples.base_entries() + layout.busybox_entries(Path("/bin/busybox"), EXTRA_APPLETS)
+    top = [layout.file("bin/hello", HELLO % version, 0o755)]
+    config = {
+        "Entrypoint": ["/bin/hello"],
+        "Env": ["PORT=8080", "PATH=/bin"],
+        "ExposedPorts": {"8080/tcp": {}},
+    }
+    return layout.ImageSpec([layout.layer_tar(base), layout.layer_tar(top)], config)
+
+
+def echo_image() -> layout.ImageSpec:
+    base = samples.base_entries() + layout.busybox_entries(Path("/bin/busybox"), EXTRA_APPLETS)
+    top = [layout.file("bin/echo-server", ECHO, 0o755)]
+    config = {"Entrypoint": ["/bin/echo-server"], "Env": ["PATH=/bin"]}
+    return layout.ImageSpec([layout.layer_tar(base), layout.layer_tar(top)], config)
+
+
+def push_all(registry: str = REGISTRY) -> list[str]:
+    """Build and push every example image; returns the references pushed."""
+    pushed = []
+    images = [(f"examples/hello:{v}", hello_image(v)) for v in VERSIONS]
+    images += [(f"examples/echo:{v}", echo_image()) for v in VERSIONS]
+    with tempfile.TemporaryDirectory(prefix="fleet-lab-images-") as tmp:
+        for name, spec in images:
+            directory = Path(tmp) / name.replace("/", "_").replace(":", "_")
+            layout.write_oci_layout(directory, spec, "latest")
+            ref = f"{registry}/{name}"
+            result = subprocess.run(
+                ["ip", "netns", "exec", MGMT_NS, "skopeo", "copy", "--quiet",
+                 "--dest-tls-verify=false", f"oci:{directory}:latest", f"docker://{ref}"],
+                capture_output=True, text=True, check=False,
+            )  # fmt: skip
+            if result.returncode != 0:
+                raise LabError(f"pushing {ref}: {result.stderr.strip()}")
+            pushed.append(ref)
+    return pushed
