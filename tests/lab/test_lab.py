@@ -67,7 +67,7 @@ def test_the_machines_own_namespace_is_untouched(lab: Lab) -> None:
 
 
 def test_the_registry_holds_the_example_images(lab: Lab) -> None:
-    tags = lab.exec("ams-1", "wget", "-qO-", "http://192.0.2.2:5000/v2/examples/hello/tags/list")
+    tags = lab.exec("ams-1", "curl", "-s", "http://192.0.2.2:5000/v2/examples/hello/tags/list")
     assert '"1.0"' in tags.stdout and '"2.0"' in tags.stdout
 
 
