@@ -115,6 +115,7 @@ class Agent:
                 "hypervisor": f.hypervisor,
                 "agent_version": f.agent_version,
                 "private_prefix": f.private_prefix,
+                "kinds": sorted(self.handlers),
             },
             "resources": resources,
         }

@@ -16,7 +16,8 @@ from pathlib import Path
 
 import hostagent
 from hostagent import config as config_mod
-from hostagent import machines, supervisor, wire
+from hostagent import handlers as H
+from hostagent import images, machines, supervisor, wire
 from hostagent.agent import Agent, Facts
 from hostagent.inventory import Inventory
 from providers.images import store
@@ -30,7 +31,8 @@ def build_agent(data_dir: Path) -> Agent:
     options = store.StoreOptions(
         registry_insecure=(*defaults.registry_insecure, *cfg.insecure_registries)
     )
-    manager = vmm_machines.MachineManager(data_dir, images=store.ImageStore(data_dir, options))
+    image_store = store.ImageStore(data_dir, options)
+    manager = vmm_machines.MachineManager(data_dir, images=image_store)
     handler = machines.MachineHandler(manager, VMMKind(cfg.hypervisor))
     facts = Facts(
         host=cfg.host,
@@ -41,7 +43,11 @@ def build_agent(data_dir: Path) -> Agent:
         agent_version=hostagent.__version__,
         private_prefix=cfg.private_prefix,
     )
-    return Agent(Inventory(cfg.inventory_dir), {"machine": handler}, facts)
+    kinds: dict[str, H.Handler] = {
+        "machine": handler,
+        "image": images.ImageHandler(image_store, data_dir),
+    }
+    return Agent(Inventory(cfg.inventory_dir), kinds, facts)
 
 
 def request(data_dir: Path, verb: str) -> int:

@@ -93,6 +93,9 @@ class Facts:
     hypervisor: str = ""
     agent_version: str = ""
     private_prefix: str | None = None
+    # The resource kinds the host's agent manages; empty means "all" (older
+    # agents and saved snapshots did not say).
+    kinds: tuple[str, ...] = ()
 
 
 @dataclass(frozen=True, slots=True)
@@ -165,6 +168,7 @@ def host_to_json(o: HostObservation) -> dict[str, Json]:
             "hypervisor": o.facts.hypervisor,
             "agent_version": o.facts.agent_version,
             "private_prefix": o.facts.private_prefix,
+            **({"kinds": list(o.facts.kinds)} if o.facts.kinds else {}),
         },
         "resources": [resource_to_json(r) for r in o.resources],
     }
@@ -271,6 +275,7 @@ def host_from_json(raw: Json, expect_host: str | None = None) -> HostObservation
         hypervisor=rd.opt(facts_raw, "hypervisor", str, "$.facts", ""),
         agent_version=rd.opt(facts_raw, "agent_version", str, "$.facts", ""),
         private_prefix=rd.opt(facts_raw, "private_prefix", str, "$.facts", None),
+        kinds=tuple(str(k) for k in rd.opt(facts_raw, "kinds", list, "$.facts", [])),
     )
     raw_resources = rd.get(raw, "resources", list, "$")
     parsed = tuple(_resource(rd, r, f"$.resources[{i}]") for i, r in enumerate(raw_resources))

@@ -45,6 +45,7 @@ class _Index:
     )
     unmanaged: list[tuple[str, observed.Resource]] = field(default_factory=list)
     prefixes: dict[str, ipaddress.IPv6Network] = field(default_factory=dict)
+    kinds: dict[str, frozenset[str]] = field(default_factory=dict)  # empty: all kinds
     anycast: dict[str, model.AppAddresses] = field(default_factory=dict)
     warnings: list[P.Warning] = field(default_factory=list)
 
@@ -60,6 +61,7 @@ def _index(fleet: model.Fleet, snap: observed.Snapshot) -> _Index:
             idx.unreachable[name] = obs.error or "unreachable"
             continue
         idx.reachable.add(name)
+        idx.kinds[name] = frozenset(obs.facts.kinds)
         if obs.facts.private_prefix:
             try:
                 idx.prefixes[name] = ipaddress.IPv6Network(obs.facts.private_prefix)
@@ -499,7 +501,16 @@ def _host_resources(
                 if p.announces:
                     wanted.append(p.announcement(host))
         by_kind: dict[Kind, list[desired.Desired]] = defaultdict(list)
+        supported = idx.kinds.get(host) or frozenset()
         for d in wanted:
+            if supported and d.kind.value not in supported:
+                # Never guess: a host whose agent cannot hold this kind gets no step
+                # for it, and the plan says so.
+                acc.warnings.append(
+                    P.Warning(d.address, f"not planned: the agent on {host} does not manage "
+                              f"{d.kind.value} resources yet")
+                )  # fmt: skip
+                continue
             by_kind[d.kind].append(d)
         for kind in (Kind.IMAGE, Kind.ROUTE, Kind.ANNOUNCEMENT):
             _reconcile_kind(
