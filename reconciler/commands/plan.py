@@ -80,6 +80,9 @@ def _plan_options(p: argparse.ArgumentParser) -> None:
     p.add_argument("--allow-mass-destroy", action="store_true")
     p.add_argument("--allow-anycast-withdraw", action="store_true")
     p.add_argument("--max-destroy-share", type=float, default=0.5, metavar="FRACTION")
+    p.add_argument(
+        "-v", dest="sub_verbose", action="count", default=0, help="show no-ops and their reasons"
+    )
 
 
 def _now() -> str:
@@ -122,6 +125,10 @@ def _make_plan(args: argparse.Namespace) -> P.Plan:
     return planner.make(loaded.fleet, snap, origin=origin, options=options, created_at=_now())
 
 
+def _verbosity(args: argparse.Namespace) -> int:
+    return int(args.verbose) + int(getattr(args, "sub_verbose", 0))
+
+
 def plan_cmd(args: argparse.Namespace) -> int:
     plan = make_plan(args)
     if args.out:
@@ -129,9 +136,9 @@ def plan_cmd(args: argparse.Namespace) -> int:
     if args.format == "json":
         sys.stdout.write(planfile.dumps(plan))
     elif args.format == "markdown":
-        sys.stdout.write(render.markdown(plan, args.verbose))
+        sys.stdout.write(render.markdown(plan, _verbosity(args)))
     else:
-        sys.stdout.write(render.text(plan, args.verbose))
+        sys.stdout.write(render.text(plan, _verbosity(args)))
     return 2 if args.detailed_exitcode and plan.has_changes else 0
 
 
@@ -145,7 +152,7 @@ def apply_cmd(args: argparse.Namespace) -> int:
     else:
         plan = make_plan(args)
         digest = planfile.digest_of(planfile.to_json(plan))
-    sys.stdout.write(render.text(plan, args.verbose))
+    sys.stdout.write(render.text(plan, _verbosity(args)))
     if plan.fleet.dirty and not args.allow_dirty:
         raise FleetError(
             "the plan was made from a dirty work tree; commit first, or pass --allow-dirty"

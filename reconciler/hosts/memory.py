@@ -81,6 +81,7 @@ class MemoryHost:
         behaviour: Behaviour | None = None,
         meter: Meter | None = None,
         on_change: Any = None,
+        lock: Any = None,
     ) -> None:
         self._name = name
         self.facts = facts
@@ -89,7 +90,9 @@ class MemoryHost:
         self.generation = 0
         self.items: dict[tuple[Kind, str], observed.Resource] = {}
         self.log: list[list[str]] = []  # every mutation: [verb, kind, id, etag]
-        self._lock = threading.RLock()
+        # Hosts of one MemoryFleet share one re-entrant lock: saving the fleet reads
+        # every host while the changing one holds its lock (separate locks deadlock).
+        self._lock = lock if lock is not None else threading.RLock()
         self._on_change = on_change
 
     @property
@@ -299,7 +302,7 @@ class MemoryFleet:
         self.path = Path(path) if path is not None else None
         self.hosts: dict[str, MemoryHost] = {}
         self.meter = Meter()
-        self._save_lock = threading.Lock()
+        self._lock = threading.RLock()
         if self.path is not None and self.path.exists():
             self._load()
 
@@ -307,7 +310,11 @@ class MemoryFleet:
         """The host called ``name``, created empty (with ``facts``) if new."""
         if name not in self.hosts:
             self.hosts[name] = MemoryHost(
-                name, facts or observed.Facts(), meter=self.meter, on_change=self.save
+                name,
+                facts or observed.Facts(),
+                meter=self.meter,
+                on_change=self.save,
+                lock=self._lock,
             )
         return self.hosts[name]
 
@@ -326,7 +333,7 @@ class MemoryFleet:
     def save(self) -> None:
         if self.path is None:
             return
-        with self._save_lock:
+        with self._lock:
             data = {
                 "format": STORE_FORMAT,
                 "hosts": {n: h.to_json() for n, h in sorted(self.hosts.items())},
@@ -366,6 +373,7 @@ class MemoryFleet:
                 ),
                 meter=self.meter,
                 on_change=self.save,
+                lock=self._lock,
             )
             h.generation = obs.generation
             h.items = {(r.kind, r.id): r for r in obs.resources}

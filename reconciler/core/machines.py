@@ -1,0 +1,311 @@
+"""Plan every machine slot: create, keep, update in place, replace, move, start, destroy. Pure.
+
+For each desired slot, the placed host and the observed instances of the slot
+decide the change: none seen -> create; one with the desired etag -> no-op (or
+a ``start`` when it drifted to stopped/failed, unless the app auto-stops);
+another etag -> field diff, update in place or replace as the kind's rules
+say; seen on a host it must leave -> replace there (a move); extra instances
+-> destroy. Observed managed machines of slots no longer desired -> destroy.
+"""
+
+from __future__ import annotations
+
+from collections import defaultdict
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from typing import Any
+
+from fleet import model
+from providers import resources
+from reconciler.core import address, desired, diff, observed, rollout, schedule
+from reconciler.core import plan as P
+
+Kind = resources.Kind
+
+
+@dataclass(slots=True)
+class Acc:
+    """What the planner accumulates before ordering."""
+
+    works: list[rollout.Work] = field(default_factory=list)
+    noops: list[P.Noop] = field(default_factory=list)
+    deferred: list[P.Deferred] = field(default_factory=list)
+    warnings: list[P.Warning] = field(default_factory=list)
+
+    def add(self, change: P.Change, *steps: P.Step) -> None:
+        self.works.append(rollout.Work(change, list(steps)))
+
+
+def plan_machines(
+    world: model.DesiredWorld,
+    observed_machines: Mapping[str, list[tuple[str, observed.Resource]]],
+    placement: schedule.Placement,
+    acc: Acc,
+    parts: Mapping[str, desired.AppParts],
+) -> dict[str, dict[str, list[str]]]:
+    """Plan every machine slot; return host -> app -> slot keys placed there."""
+    fleet = world.fleet
+    on_host: dict[str, dict[str, list[str]]] = defaultdict(lambda: defaultdict(list))
+    wanted: set[str] = set()
+    for slot in world.slots:
+        wanted.add(slot.id)
+        addr = address.machine(slot.app, slot.key)
+        found = observed_machines.get(slot.id, [])
+        if slot.id in placement.deferred:
+            acc.deferred.append(P.Deferred(addr, "", placement.deferred[slot.id]))
+            continue
+        host = placement.hosts[slot.id]
+        on_host[host][slot.app].append(slot.key)
+        app = fleet.apps[slot.app]
+        spec, tag = parts[slot.app].machine(slot, world.host_prefixes[host])
+        _machine(
+            acc,
+            app,
+            slot,
+            addr=addr,
+            host=host,
+            spec=spec,
+            tag=tag,
+            found=found,
+            moved_why=placement.moved.get(slot.id, ""),
+        )
+    for slot_id, found in sorted(observed_machines.items()):
+        if slot_id in wanted:
+            continue
+        for host, r in found:
+            app_name = str(r.spec.get("app"))
+            slot_key = str(r.spec.get("slot"))
+            addr = address.machine(app_name, slot_key)
+            acc.add(
+                P.Change(
+                    addr,
+                    Kind.MACHINE,
+                    P.Action.DESTROY,
+                    _why_unwanted(fleet, r),
+                    host=host,
+                    app=app_name,
+                    before=r.spec,
+                ),
+                delete_step(addr, host, r, app_name),
+            )
+    return on_host
+
+
+def _why_unwanted(fleet: model.Fleet, r: observed.Resource) -> str:
+    app_name = str(r.spec.get("app"))
+    region = str(r.spec.get("region"))
+    app = fleet.apps.get(app_name)
+    if app is None:
+        return f"app {app_name} is no longer in the fleet"
+    count = app.regions.get(region, 0)
+    if count == 0:
+        return f"app {app_name} no longer runs in region {region}"
+    return f"app {app_name} scaled to {count} in region {region}"
+
+
+def delete_step(
+    addr: str, host: str, r: observed.Resource, app: str | None, suffix: str = ""
+) -> P.Step:
+    return P.Step(
+        f"{addr}:delete{suffix}",
+        addr,
+        host,
+        r.kind,
+        r.id,
+        P.Verb.DELETE,
+        None,
+        None,
+        r.etag,
+        app=app,
+    )
+
+
+def _gate(app: model.App) -> P.Gate | None:
+    if app.deploy.strategy is model.Strategy.IMMEDIATE:
+        return None
+    return P.Gate(app.deploy.min_healthy_s, app.deploy.wait_timeout_s)
+
+
+def _machine(
+    acc: Acc,
+    app: model.App,
+    slot: model.MachineSlot,
+    *,
+    addr: str,
+    host: str,
+    spec: dict[str, Any],
+    tag: str,
+    found: list[tuple[str, observed.Resource]],
+    moved_why: str,
+) -> None:
+    here = [r for h, r in found if h == host]
+    keeper = next((r for r in here if r.etag == tag), here[0] if here else None)
+    old = None
+    if keeper is None and moved_why:
+        old = next(((h, r) for h, r in found if h != host), None)
+    for h, r in found:
+        if r is keeper or (old is not None and r is old[1]):
+            continue
+        acc.add(
+            P.Change(
+                addr,
+                Kind.MACHINE,
+                P.Action.DESTROY,
+                f"duplicate instance {r.id} of the slot",
+                host=h,
+                app=app.name,
+                before=r.spec,
+            ),
+            delete_step(addr, h, r, app.name, f"@{r.id}"),
+        )
+    iid = desired.instance_id(slot, tag)
+    if any(r.id == iid for r in here):  # an instance updated in place kept its first id
+        iid += f".{len(here) + 1}"
+    create = P.Step(
+        f"{addr}:create",
+        addr,
+        host,
+        Kind.MACHINE,
+        iid,
+        P.Verb.CREATE,
+        spec,
+        tag,
+        None,
+        gate=_gate(app),
+        app=app.name,
+    )
+    if keeper is None:
+        if old is None:
+            acc.add(
+                P.Change(
+                    addr,
+                    Kind.MACHINE,
+                    P.Action.CREATE,
+                    "slot has no machine yet",
+                    host=host,
+                    app=app.name,
+                    after=spec,
+                ),
+                create,
+            )
+            return
+        old_host, r = old
+        items = diff.diff(r.spec, spec, Kind.MACHINE)
+        acc.add(
+            P.Change(
+                addr,
+                Kind.MACHINE,
+                P.Action.REPLACE,
+                f"moves: {moved_why}",
+                host=host,
+                from_host=old_host,
+                app=app.name,
+                before=r.spec,
+                after=spec,
+                diff=items,
+            ),
+            create,
+            delete_step(addr, old_host, r, app.name),
+        )
+        return
+    if keeper.etag == tag:
+        _unchanged_machine(acc, app, addr, host, keeper)
+        return
+    items = diff.diff(keeper.spec, spec, Kind.MACHINE)
+    if not items:  # same content, other etag (e.g. set by hand): adopt the fleet's etag
+        reason = f"etag {keeper.etag} differs from the fleet's, spec equal: re-tag"
+    elif diff.forces_replace(items):
+        fields = ", ".join(sorted({str(i.path[0]) for i in items if i.effect == "replace"}))
+        acc.add(
+            P.Change(
+                addr,
+                Kind.MACHINE,
+                P.Action.REPLACE,
+                f"{fields} changed (forces replacement)",
+                host=host,
+                app=app.name,
+                before=keeper.spec,
+                after=spec,
+                diff=items,
+            ),
+            create,
+            delete_step(addr, host, keeper, app.name),
+        )
+        return
+    else:
+        fields = ", ".join(sorted({str(i.path[0]) for i in items}))
+        reason = f"{fields} changed (in place)"
+    acc.add(
+        P.Change(
+            addr,
+            Kind.MACHINE,
+            P.Action.UPDATE,
+            reason,
+            host=host,
+            app=app.name,
+            before=keeper.spec,
+            after=spec,
+            diff=items,
+        ),
+        P.Step(
+            f"{addr}:update",
+            addr,
+            host,
+            Kind.MACHINE,
+            keeper.id,
+            P.Verb.UPDATE,
+            spec,
+            tag,
+            keeper.etag,
+            app=app.name,
+        ),
+    )
+
+
+def _unchanged_machine(
+    acc: Acc, app: model.App, addr: str, host: str, r: observed.Resource
+) -> None:
+    state = r.status.state
+    image = r.spec.get("image")
+    if state in (observed.RunState.STOPPED, observed.RunState.FAILED):
+        allowed = desired.auto_stop(app) is not model.AutoStop.OFF
+        if state is observed.RunState.STOPPED and allowed:
+            acc.noops.append(P.Noop(addr, f"stopped by auto-stop on {host} (app allows it)"))
+            return
+        policy = resources.rules(Kind.MACHINE).drift
+        if policy is resources.DriftPolicy.IGNORE:
+            acc.noops.append(P.Noop(addr, f"{state} on {host}; drift ignored by policy"))
+            return
+        if policy is resources.DriftPolicy.WARN:
+            acc.warnings.append(P.Warning(addr, f"drift: machine is {state} on {host}"))
+            return
+        acc.add(
+            P.Change(
+                addr,
+                Kind.MACHINE,
+                P.Action.START,
+                f"drift: machine is {state} on {host}, last applied to run",
+                host=host,
+                app=app.name,
+                before={"state": state.value},
+                after={"state": "running"},
+                drift=True,
+            ),
+            P.Step(
+                f"{addr}:start",
+                addr,
+                host,
+                Kind.MACHINE,
+                r.id,
+                P.Verb.START,
+                None,
+                r.etag,
+                r.etag,
+                gate=_gate(app),
+                app=app.name,
+            ),
+        )
+        return
+    if r.status.health is observed.Health.CRITICAL:
+        acc.warnings.append(P.Warning(addr, f"health checks failing on {host}"))
+    acc.noops.append(P.Noop(addr, f"already running image {image} on {host} ({r.etag})"))

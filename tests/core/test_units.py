@@ -1,0 +1,211 @@
+"""Unit tests of the pure core: observed JSON, diff, placement, selection, rollout batches."""
+
+from __future__ import annotations
+
+import ipaddress
+import json
+from pathlib import Path
+
+import jsonschema
+import pytest
+import support
+from hypothesis import given
+from hypothesis import strategies as st
+
+from fleet import compile as fleet_compile
+from fleet.errors import FleetError, PlanError, ProtocolError
+from providers import resources
+from reconciler.core import desired, diff, observed, planfile, rollout, schedule
+from reconciler.state import sqlite
+
+SCHEMA = json.loads(
+    (Path(__file__).resolve().parents[2] / "reconciler/core/schemas/observed.json").read_text()
+)
+
+
+def test_snapshot_round_trip_matches_the_published_schema(tmp_path: Path) -> None:
+    fleet = support.load(support.fleet_dir(tmp_path))
+    hosts = support.hosts_for(fleet)
+    support.run(support.plan(fleet, hosts), hosts, sqlite.SqliteBackend(str(tmp_path / "s.db")))
+    hosts.hosts["sea-2"].behaviour.unreachable = "timed out"
+    snap = hosts.observe_all()
+    raw = observed.snapshot_to_json(snap)
+    jsonschema.validate(raw, SCHEMA)
+    again = observed.loads(observed.dumps(snap))
+    assert observed.snapshot_to_json(again) == raw
+    assert not again.hosts["sea-2"].reachable and again.hosts["sea-2"].error == "timed out"
+
+
+def test_malformed_observe_answer_names_host_and_path() -> None:
+    bad = {
+        "protocol_version": 1,
+        "host": "ams-1",
+        "generation": 3,
+        "resources": [{"kind": "machine", "id": "x"}],
+    }
+    with pytest.raises(
+        ProtocolError, match=r"host ams-1: observe answer: \$\.resources\[0\]\.owner: missing"
+    ):
+        observed.host_from_json(bad)
+    with pytest.raises(ProtocolError, match="re-bootstrap"):
+        observed.host_from_json({"protocol_version": 9, "host": "ams-1"})
+    with pytest.raises(FleetError, match="format_version"):
+        observed.loads('{"format_version": 7, "hosts": []}')
+
+
+def test_diff_reports_leaves_with_their_effect() -> None:
+    items = diff.diff(
+        {"image": "a", "env": {"A": "1"}, "restart": {"policy": "always"}},
+        {"image": "b", "env": {"A": "1", "B": "2"}, "restart": {"policy": "never"}},
+        resources.Kind.MACHINE,
+    )
+    assert [(i.dotted, i.before, i.after, i.effect.value) for i in items] == [
+        ("env.B", diff.MISSING, "2", "replace"),
+        ("image", "a", "b", "replace"),
+        ("restart.policy", "always", "never", "update"),
+    ]
+    assert diff.forces_replace(items)
+    route = diff.diff({"backends": ["a"]}, {"backends": ["a", "b"]}, resources.Kind.ROUTE)
+    assert not diff.forces_replace(route)
+
+
+@given(st.integers(min_value=0, max_value=2**128 - 1))
+def test_fast_ipv6_text_equals_ipaddress(value: int) -> None:
+    assert desired.v6_text(value) == str(ipaddress.IPv6Address(value))
+
+
+def test_fast_etags_equal_the_canonical_etag(tmp_path: Path) -> None:
+    fleet = support.load(support.fleet_dir(tmp_path))
+    world = fleet_compile.compile_world(fleet)
+    for slot in world.slots:
+        parts = desired.AppParts(fleet.apps[slot.app], world.anycast[slot.app])
+        spec, tag = parts.machine(slot, world.host_prefixes["ams-1"])
+        assert tag == observed.etag(spec)
+        route = parts.route("ams-1", ["ams#2", "ams#1"])
+        assert route.etag == observed.etag(route.spec)
+
+
+def _place(tmp_path: Path, edit=None, running=None, unmanaged=None, down=()):  # type: ignore[no-untyped-def]
+    fleet = support.load(support.fleet_dir(tmp_path, edit))
+    world = fleet_compile.compile_world(fleet)
+    return world, schedule.place(world, running or {}, unmanaged or {}, down)
+
+
+def test_placement_is_deterministic_spread_and_sticky(tmp_path: Path) -> None:
+    _, first = _place(tmp_path, support.app_edit("hello", regions={"ams": 4, "sea": 2}))
+    _, second = _place(tmp_path, support.app_edit("hello", regions={"ams": 4, "sea": 2}))
+    assert first.hosts == second.hosts
+    ams = [first.hosts[f"hello/ams#{i}"] for i in range(1, 5)]
+    assert sorted(ams) == ["ams-1", "ams-1", "ams-2", "ams-2"]  # spread
+    assert first.hosts["infer/sea#1"] == "sea-2"  # the only L4 host
+    # Stickiness: a slot running on ams-2 stays there even if spread would choose otherwise.
+    _, sticky = _place(tmp_path, running={"echo/ams#1": ["ams-2"]})
+    assert sticky.hosts["echo/ams#1"] == "ams-2"
+
+
+def test_cordoned_host_takes_nothing_and_moves_its_machines(tmp_path: Path) -> None:
+    def cordon(d):  # type: ignore[no-untyped-def]
+        if d["kind"] == "Host" and d["metadata"]["name"] == "ams-2":
+            d["spec"]["cordoned"] = True
+
+    _, p = _place(tmp_path, cordon, running={"hello/ams#1": ["ams-2"]})
+    assert all(h != "ams-2" for h in p.hosts.values())
+    assert p.moved["hello/ams#1"] == "host ams-2 is cordoned"
+
+
+def test_performance_cpus_never_overcommit_shared_may(tmp_path: Path) -> None:
+    # Unmanaged machines leave each ams host less than one whole cpu: a performance
+    # machine (1 dedicated cpu) fits nowhere, even though fractions add up.
+    big = {"image": "x", "vm": {"cpus": 3, "memory_mb": 128, "cpu_kind": "performance"}}
+    with pytest.raises(
+        PlanError, match=r"region ams: app ledger needs 2 more machine\(s\) of 1 performance cpus"
+    ):
+        _place(
+            tmp_path,
+            support.app_edit("ledger", regions={"ams": 2}),
+            unmanaged={
+                "ams-1": [big],
+                "ams-2": [
+                    big,
+                    {"image": "y", "vm": {"cpus": 1, "memory_mb": 1, "cpu_kind": "performance"}},
+                ],
+            },
+        )
+    # shared cpus count 1/4 each (overcommit 4): 8 shared 1-cpu machines use 2 cpus of 4
+    shared = {"image": "x", "vm": {"cpus": 1, "memory_mb": 128, "cpu_kind": "shared"}}
+    _, ok = _place(tmp_path, unmanaged={"ams-1": [shared] * 8, "ams-2": [shared] * 8})
+    assert ok.hosts
+
+
+def test_unobserved_region_host_defers_unseen_slots(tmp_path: Path) -> None:
+    _, p = _place(tmp_path, running={"echo/sea#1": ["sea-1"]}, down=("sea-2",))
+    assert p.hosts["echo/sea#1"] == "sea-1"  # seen elsewhere: known
+    assert p.deferred["hello/sea#1"] == "may run on unobserved host sea-2"
+    assert "hello/ams#1" in p.hosts  # other regions unaffected
+
+
+@pytest.mark.parametrize(
+    "case",
+    [
+        ("rolling", 3, 1, 0.33, 1, ([1, 1, 1], True)),
+        ("rolling", 10, 2, 0.33, 1, ([2, 2, 2, 2, 2], True)),
+        ("rolling", 10, 0, 0.33, 1, ([3, 3, 3, 1], False)),
+        ("canary", 5, 1, 0.5, 2, ([2, 1, 1, 1], True)),
+        ("bluegreen", 4, 1, 0.33, 1, ([4], True)),
+        ("immediate", 4, 0, 0.33, 1, ([4], True)),
+    ],
+)
+def test_batch_sizes(tmp_path: Path, case: tuple) -> None:  # type: ignore[type-arg]
+    strategy, count, surge, unavail, canary, expected = case
+    deploy = {
+        "strategy": strategy,
+        "max_surge": surge,
+        "max_unavailable": unavail,
+        "canary_count": canary,
+    }
+    fleet = support.load(
+        support.fleet_dir(
+            tmp_path, support.app_edit("hello", regions={"ams": count}, deploy=deploy)
+        )
+    )
+    assert rollout.batch_plan(fleet.apps["hello"], count) == expected
+
+
+def test_targets_keep_dependencies_and_excludes_drop_dependents(tmp_path: Path) -> None:
+    fleet = support.load(support.fleet_dir(tmp_path))
+    hosts = support.hosts_for(fleet)
+    targeted = support.plan(fleet, hosts, targets=("host.ams-1/announcement[echo]",))
+    assert {c.address for c in targeted.changes} == {
+        "host.ams-1/announcement[echo]",
+        "host.ams-1/route[echo]",
+        "app.echo/machine[ams#1]",
+        "host.ams-1/image[192.0.2.2:5000/examples/echo:1.0]",
+    }
+    excluded = support.plan(
+        fleet, hosts, excludes=("host.ams-1/image[192.0.2.2:5000/examples/echo:1.0]",)
+    )
+    gone = set(excluded.excluded)
+    assert "app.echo/machine[ams#1]" in gone and "host.ams-1/announcement[echo]" in gone
+    assert "app.echo/machine[sea#1]" not in gone
+    ids = {s.id for s in excluded.steps}
+    assert all(d in ids for s in excluded.steps for d in s.deps)
+
+
+def test_saved_plan_of_another_format_is_refused() -> None:
+    with pytest.raises(FleetError, match="format_version 1"):
+        planfile.loads('{"format_version": 99}')
+
+
+def test_revert_steps_undo_in_reverse(tmp_path: Path) -> None:
+    before = support.load(support.fleet_dir(tmp_path))
+    hosts = support.hosts_for(before)
+    support.run(support.plan(before, hosts), hosts, sqlite.SqliteBackend(str(tmp_path / "s.db")))
+    after = support.load(
+        support.fleet_dir(tmp_path, support.app_edit("echo", image="echo:2"), "v2")
+    )
+    plan = support.plan(after, hosts)
+    done = [s.id for s in plan.steps if s.app == "echo" and s.kind == "machine"]
+    steps = rollout.revert_steps(plan, "echo", done)
+    verbs = [(s.verb.value, s.expect is None) for s in steps]
+    assert verbs.count(("create", True)) == 2 and verbs.count(("delete", False)) == 2
+    assert all(s.id.endswith(":revert") for s in steps)
