@@ -149,13 +149,21 @@ class KernelStore:
             shutil.rmtree(kdir)
         work = Path(tempfile.mkdtemp(prefix=f".{abi}-", dir=self.root))
         try:
-            proc = subprocess.run(
-                ["apt-get", "download", f"linux-image-{abi}"],
-                cwd=work, capture_output=True, text=True, check=False,
-            )  # fmt: skip
+            # A package shipped by `reconcile hosts bootstrap` (hosts need not reach
+            # a package mirror); else download it here.
+            shipped = sorted((self.root / "debs").glob(f"linux-image-{abi}_*.deb"))
+            if shipped:
+                shutil.copyfile(shipped[-1], work / shipped[-1].name)
+            else:
+                proc = subprocess.run(
+                    ["apt-get", "download", f"linux-image-{abi}"],
+                    cwd=work, capture_output=True, text=True, check=False,
+                )  # fmt: skip
+                if proc.returncode != 0 or not list(work.glob("*.deb")):
+                    raise VMMError(
+                        f"apt-get download linux-image-{abi} failed: {proc.stderr.strip()}"
+                    )
             debs = list(work.glob("*.deb"))
-            if proc.returncode != 0 or not debs:
-                raise VMMError(f"apt-get download linux-image-{abi} failed: {proc.stderr.strip()}")
             root = work / "root"
             subprocess.run(["dpkg", "-x", str(debs[0]), str(root)], check=True, capture_output=True)
             subprocess.run(["depmod", "-b", str(root), abi], check=True, capture_output=True)

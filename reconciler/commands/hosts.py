@@ -67,6 +67,7 @@ def cmd_bootstrap(args: argparse.Namespace) -> int:
     world = fleet_compile.compile_world(fleet)
     cache = Path(os.environ.get("FLEET_BUNDLE_CACHE", ".fleet-state/bundles"))
     the_bundle = bundle.build(cache)
+    kernel = bundle.kernel_package(cache)
     settings = factory.ssh_settings(args.ssh_key, args.known_hosts)
     creds = ssh.load_credentials(settings.ssh_key, fleet_dir=args.fleet)
     pool = ssh.SSHPool(
@@ -84,6 +85,7 @@ def cmd_bootstrap(args: argparse.Namespace) -> int:
                 prefix,
                 install_packages=args.install_packages,
                 insecure_registries=args.insecure_registry,
+                kernel=kernel,
             )
 
         result = fanout.fan_out(chosen, one, max_concurrency=args.parallelism)

@@ -96,6 +96,7 @@ def bootstrap(
     *,
     install_packages: bool = False,
     insecure_registries: Sequence[str] = (),
+    kernel: bundle_mod.KernelPackage | None = None,
 ) -> Outcome:
     steps: list[str] = []
     config = json.dumps(agent_config(host, prefix, insecure_registries), indent=2, sort_keys=True)
@@ -115,6 +116,8 @@ def bootstrap(
                 timeout=900,
             )
             steps.append(f"installed {' '.join(missing)}")
+    if kernel is not None and _ship_kernel(remote, kernel):
+        steps.append(f"shipped guest kernel {kernel.abi}")
     if installed == bundle.build_id and same_config and serving == "serving":
         return Outcome(host.name, bool(steps), (*steps, f"agent {bundle.build_id} already running"))
 
@@ -128,6 +131,21 @@ def bootstrap(
     _restart_serve(remote)
     steps.append("started fleet-agent serve")
     return Outcome(host.name, True, tuple(steps))
+
+
+def _ship_kernel(remote: Remote, kernel: bundle_mod.KernelPackage) -> bool:
+    """Put the guest kernel's .deb and its ABI pin on the host; False if already there."""
+    debs = f"{DATA}/kernels/debs"
+    name = kernel.deb.name
+    present = remote.run(f"mkdir -p {debs} && ls {debs}").split()
+    pin = f"{DATA}/kernels/{bundle_mod.KERNEL_PACKAGE}.abi"
+    pinned = remote.run(f"cat {pin} 2>/dev/null || true").strip()
+    if name in present and pinned == kernel.abi:
+        return False
+    if name not in present:
+        remote.upload(kernel.deb.read_bytes(), f"{debs}/{name}")
+    remote.upload(f"{kernel.abi}\n".encode(), pin)
+    return True
 
 
 def _same_json(a: str, b: str) -> bool:

@@ -86,3 +86,48 @@ def build(cache: Path, root: Path | None = None) -> Bundle:
     else:
         tmp.rename(target)
     return Bundle(bid, target)
+
+
+KERNEL_PACKAGE = "linux-image-cloud-amd64"
+
+
+@dataclass(frozen=True, slots=True)
+class KernelPackage:
+    """The guest kernel's .deb, fetched here once and shipped to every host."""
+
+    abi: str
+    deb: Path
+
+
+def kernel_package(cache: Path, package: str = KERNEL_PACKAGE) -> KernelPackage:
+    """Resolve the kernel ABI from the metapackage and download its .deb (cached)."""
+    depends = subprocess.run(
+        ["apt-cache", "depends", package], capture_output=True, text=True, check=False
+    )
+    abi = ""
+    for raw in depends.stdout.splitlines():
+        line = raw.strip()
+        if line.startswith("Depends:") and "linux-image-" in line:
+            abi = line.split("linux-image-", 1)[1].strip()
+            break
+    if not abi:
+        raise FleetError(
+            f"cannot resolve {package} (apt-cache depends): run `apt-get update` first"
+        )
+    target = cache / "kernels"
+    found = sorted(target.glob(f"linux-image-{abi}_*.deb"))
+    if found:
+        return KernelPackage(abi, found[-1])
+    target.mkdir(parents=True, exist_ok=True)
+    result = subprocess.run(
+        ["apt-get", "download", f"linux-image-{abi}"],
+        cwd=target,
+        capture_output=True,
+        text=True,
+        check=False,
+    )
+    found = sorted(target.glob(f"linux-image-{abi}_*.deb"))
+    if result.returncode != 0 or not found:
+        tail = (result.stderr.strip().splitlines() or ["no output"])[-1]
+        raise FleetError(f"downloading the guest kernel linux-image-{abi} failed: {tail}")
+    return KernelPackage(abi, found[-1])
