@@ -179,9 +179,18 @@ class Agent:
                 raise ValueError(f"unknown verb {verb!r}")
         except Exception as exc:  # the handler's failure is this action's failure
             log.warning("action %s failed: %s", act.id, exc)
+            if not entry.etag and verb == "create":
+                # Nothing existed before: undo what the create left behind, so a
+                # failed create leaves the host as it was.
+                try:
+                    handler.delete(rid, act.spec, emit)
+                except Exception as cleanup:  # report the first failure, log the second
+                    log.warning("cleaning up after %s failed: %s", act.id, cleanup)
             with self.inventory.transaction() as state:
                 current = state.get(kind, rid)
-                if current is not None:
+                if current is not None and not current.etag and verb == "create":
+                    state.remove(kind, rid)
+                elif current is not None:
                     current.status = {k: v for k, v in current.status.items() if k != "pending"}
                     current.status["last_error"] = str(exc)
                     state.put(current)
@@ -269,6 +278,7 @@ def _decide(
     absent, so the same create may run again (handlers' creates are idempotent).
     """
     current = (entry.etag or None) if entry else None
+    expect = expect or None  # "" and null both mean: must not exist (or a failed leftover)
     pending = entry.status.get("pending") if entry else None
     if verb == "delete":
         if entry is None:

@@ -17,11 +17,28 @@ selector also matches every machine placed on, or moved from, that host.
 
 from __future__ import annotations
 
+from collections.abc import Mapping
+
 from providers import resources
 
 
 def machine(app: str, slot_key: str) -> str:
     return f"app.{app}/machine[{slot_key}]"
+
+
+def machine_slot(resource_id: str, spec: Mapping[str, object]) -> tuple[str, str]:
+    """``(app, slot key)`` of an observed machine: from its spec, else from its id.
+
+    Instance ids are ``APP/REGION#N@TAG``; a machine whose spec is missing (a
+    half-made leftover) is still placed at its slot's address, never at a
+    made-up one that several leftovers would share.
+    """
+    app, slot = spec.get("app"), spec.get("slot")
+    if isinstance(app, str) and isinstance(slot, str):
+        return app, slot
+    base = resource_id.split("@", 1)[0]
+    app_part, _, rest = base.partition("/")
+    return app_part, (rest or resource_id)
 
 
 def host_resource(host: str, kind: resources.Kind | str, ident: str) -> str:

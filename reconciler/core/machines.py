@@ -73,8 +73,7 @@ def plan_machines(
         if slot_id in wanted:
             continue
         for host, r in found:
-            app_name = str(r.spec.get("app"))
-            slot_key = str(r.spec.get("slot"))
+            app_name, slot_key = address.machine_slot(r.id, r.spec)
             addr = address.machine(app_name, slot_key)
             acc.add(
                 P.Change(
@@ -92,6 +91,8 @@ def plan_machines(
 
 
 def _why_unwanted(fleet: model.Fleet, r: observed.Resource) -> str:
+    if not r.etag:
+        return "left over by a create that failed"
     app_name = str(r.spec.get("app"))
     region = str(r.spec.get("region"))
     app = fleet.apps.get(app_name)
@@ -138,7 +139,9 @@ def _machine(
     found: list[tuple[str, observed.Resource]],
     moved_why: str,
 ) -> None:
-    here = [r for h, r in found if h == host]
+    # A machine without an etag is what a create that failed half-way left: never
+    # a keeper, only something to clean up (as a duplicate, below).
+    here = [r for h, r in found if h == host and r.etag]
     keeper = next((r for r in here if r.etag == tag), here[0] if here else None)
     old = None
     if keeper is None and moved_why:
@@ -159,7 +162,7 @@ def _machine(
             delete_step(addr, h, r, app.name, f"@{r.id}"),
         )
     iid = desired.instance_id(slot, tag)
-    if any(r.id == iid for r in here):  # an instance updated in place kept its first id
+    if any(r.id == iid for _, r in found):  # an instance updated in place kept its first id
         iid += f".{len(here) + 1}"
     create = P.Step(
         f"{addr}:create",

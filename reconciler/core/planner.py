@@ -81,7 +81,8 @@ def _index(fleet: model.Fleet, snap: observed.Snapshot) -> _Index:
             if not r.managed:
                 idx.unmanaged.append((name, r))
             elif r.kind is Kind.MACHINE:
-                idx.machines[f"{r.spec.get('app')}/{r.spec.get('slot')}"].append((name, r))
+                app, slot = address.machine_slot(r.id, r.spec)
+                idx.machines[f"{app}/{slot}"].append((name, r))
             else:
                 idx.others[(name, r.kind)][r.id] = r
                 if r.kind is Kind.ANNOUNCEMENT:

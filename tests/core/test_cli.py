@@ -10,6 +10,7 @@ import pytest
 import support
 
 from reconciler import cli
+from reconciler.lab import lab
 from reconciler.state import sqlite
 
 
@@ -44,14 +45,19 @@ def test_plan_exit_codes_and_formats(tmp_path: Path, capsys: pytest.CaptureFixtu
 
 
 def test_plan_error_exits_1_with_one_line(
-    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+    tmp_path: Path, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
 ) -> None:
     fleet = support.fleet_dir(tmp_path)
     assert cli.main(["plan", "--fleet", str(fleet), "--observed", str(tmp_path / "none.json")]) == 1
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1 and err[0].startswith("error: ") and "none.json" in err[0]
+    # Live hosts go over SSH; with no key anywhere that is one clear line too.
+    monkeypatch.setattr(lab, "DEFAULT_DIR", tmp_path / "no-lab")
+    for name in ("FLEET_SSH_KEY", "FLEET_KNOWN_HOSTS", "SSH_AUTH_SOCK", "FLEET_HOSTS"):
+        monkeypatch.delenv(name, raising=False)
     assert cli.main(["plan", "--fleet", str(fleet)]) == 1
-    assert "--observed FILE" in capsys.readouterr().err
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "no SSH key" in err[0]
 
 
 def test_observe_save_then_plan_from_snapshot(

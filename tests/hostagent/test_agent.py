@@ -157,8 +157,9 @@ def test_handler_failure_fails_only_that_action(setup: tuple[Agent, Recorder, Cl
     results, _ = apply(agent, action("a1", "create", "e1", None))
     assert results[0]["outcome"] == "failed"
     assert results[0]["message"] == "qemu exploded"
-    entry = agent.inventory.read().get("machine", "web/ams#1")
-    assert entry is not None and entry.status["last_error"] == "qemu exploded"
+    # A failed create leaves nothing behind: the handler undid it, the inventory forgot it.
+    assert agent.inventory.read().get("machine", "web/ams#1") is None
+    assert rec.calls == [("create", "web/ams#1"), ("delete", "web/ams#1")]
     rec.fail_with = None
     # Not created: the same create may be tried again.
     assert apply(agent, action("a1", "create", "e1", None))[0][0]["outcome"] == "ok"
