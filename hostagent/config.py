@@ -29,6 +29,8 @@ class Config:
     private_prefix: str | None = None
     gpus: dict[str, int] = field(default_factory=dict)
     insecure_registries: tuple[str, ...] = ()
+    # Labs and tests only: boot GPU machines without a GPU instead of refusing them.
+    simulate_gpus: bool = False
 
     @property
     def inventory_dir(self) -> Path:
@@ -58,6 +60,7 @@ def load(data_dir: Path = DEFAULT_DIR) -> Config:
         private_prefix=raw.get("private_prefix"),
         gpus={str(k): int(v) for k, v in (raw.get("gpus") or {}).items()},
         insecure_registries=tuple(str(h) for h in raw.get("insecure_registries") or ()),
+        simulate_gpus=bool(raw.get("simulate_gpus", False)),
     )
 
 
@@ -73,6 +76,7 @@ def save(config: Config) -> Path:
                 "private_prefix": config.private_prefix,
                 "gpus": config.gpus,
                 "insecure_registries": list(config.insecure_registries),
+                "simulate_gpus": config.simulate_gpus,
                 "agent_version": hostagent.__version__,
             },
             indent=2,

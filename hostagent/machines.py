@@ -79,14 +79,31 @@ class MachineHandler:
 
     kind = "machine"
 
-    def __init__(self, manager: vmm_machines.MachineManager, vmm: VMMKind = VMMKind.QEMU) -> None:
+    def __init__(
+        self,
+        manager: vmm_machines.MachineManager,
+        vmm: VMMKind = VMMKind.QEMU,
+        *,
+        simulate_gpus: bool = False,
+    ) -> None:
         self.manager = manager
         self.vmm = vmm
+        self.simulate_gpus = simulate_gpus
 
     def _exists(self, name: str) -> bool:
         return name in self.manager.names()
 
     def create(self, rid: str, spec: Mapping[str, Json], emit: H.Emit) -> None:
+        gpus = (spec.get("vm") or {}).get("gpus")
+        if gpus:
+            if not self.simulate_gpus:
+                # GPUs need VFIO passthrough (Cloud Hypervisor); never pretend.
+                raise VMMError(
+                    f"machine wants {gpus.get('count')} x {gpus.get('model')} but this host "
+                    f"runs {self.vmm}, which cannot pass GPUs through; use cloud-hypervisor "
+                    "with VFIO on a GPU host"
+                )
+            emit("gpu-simulated", f"booting without {gpus.get('count')} x {gpus.get('model')}")
         mspec = to_machine_spec(rid, spec, self.vmm)
         if not self._exists(mspec.name):
             emit("preparing", f"image {mspec.image}")

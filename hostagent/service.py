@@ -33,7 +33,9 @@ def build_agent(data_dir: Path) -> Agent:
     )
     image_store = store.ImageStore(data_dir, options)
     manager = vmm_machines.MachineManager(data_dir, images=image_store)
-    handler = machines.MachineHandler(manager, VMMKind(cfg.hypervisor))
+    handler = machines.MachineHandler(
+        manager, VMMKind(cfg.hypervisor), simulate_gpus=cfg.simulate_gpus
+    )
     facts = Facts(
         host=cfg.host,
         cpus=os.cpu_count() or 1,

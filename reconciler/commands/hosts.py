@@ -36,6 +36,11 @@ def register(sub: Any) -> None:
         metavar="HOST",
         help="a registry host the agents may reach over plain HTTP (repeatable)",
     )
+    b.add_argument(
+        "--simulate-gpus",
+        action="store_true",
+        help="labs and tests only: boot GPU machines without a GPU instead of refusing them",
+    )
     b.set_defaults(func=cmd_bootstrap)
 
 
@@ -86,6 +91,7 @@ def cmd_bootstrap(args: argparse.Namespace) -> int:
                 install_packages=args.install_packages,
                 insecure_registries=args.insecure_registry,
                 kernel=kernel,
+                simulate_gpus=args.simulate_gpus,
             )
 
         result = fanout.fan_out(chosen, one, max_concurrency=args.parallelism)

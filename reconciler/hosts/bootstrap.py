@@ -67,9 +67,13 @@ class Outcome:
 
 
 def agent_config(
-    host: model.Host, prefix: str | None, insecure_registries: Sequence[str] = ()
+    host: model.Host,
+    prefix: str | None,
+    insecure_registries: Sequence[str] = (),
+    simulate_gpus: bool = False,
 ) -> dict[str, object]:
     return {
+        "simulate_gpus": simulate_gpus,
         "host": host.name,
         "hypervisor": host.hypervisor.value,
         "private_prefix": prefix,
@@ -97,9 +101,12 @@ def bootstrap(
     install_packages: bool = False,
     insecure_registries: Sequence[str] = (),
     kernel: bundle_mod.KernelPackage | None = None,
+    simulate_gpus: bool = False,
 ) -> Outcome:
     steps: list[str] = []
-    config = json.dumps(agent_config(host, prefix, insecure_registries), indent=2, sort_keys=True)
+    config = json.dumps(
+        agent_config(host, prefix, insecure_registries, simulate_gpus), indent=2, sort_keys=True
+    )
     lines = [*remote.run(_state_script()).splitlines(), "", "", ""]
     installed, current_config, serving = lines[0].strip(), lines[1].strip(), lines[2].strip()
     same_config = _same_json(current_config, config)

@@ -26,7 +26,6 @@ from fleet import model
 from fleet.errors import FleetError
 from reconciler.hosts import agentclient, hostkeys, memory, protocol, ssh
 from reconciler.lab import lab
-from reconciler.lab.topology import MGMT_NS
 
 Factory = Callable[[model.Host], protocol.HostClient]
 
@@ -57,7 +56,9 @@ def ssh_settings(ssh_key: str | None, known_hosts: str | None) -> SSHSettings:
     pins = known_hosts or os.environ.get("FLEET_KNOWN_HOSTS")
     lab_paths = lab.Paths(lab.DEFAULT_DIR)
     if key is None and pins is None and lab_paths.state.exists():
-        return SSHSettings(str(lab_paths.client_key), str(lab_paths.known_hosts), MGMT_NS)
+        return SSHSettings(
+            str(lab_paths.client_key), str(lab_paths.known_hosts), lab.mgmt_netns(lab_paths)
+        )
     if pins is None:
         default = Path.home() / ".ssh" / "known_hosts"
         pins = str(default) if default.exists() else None

@@ -80,6 +80,15 @@ class Paths:
         return self.root / "hosts" / name
 
 
+def mgmt_netns(paths: Paths) -> str:
+    """The namespace from which a lab's hosts are reached (recorded by ``up``)."""
+    try:
+        state = json.loads(paths.state.read_text())
+    except (OSError, ValueError):
+        return MGMT_NS
+    return str(state.get("mgmt_netns", MGMT_NS))
+
+
 def require_root() -> None:
     if os.geteuid() != 0:
         raise LabError("the lab needs root (network namespaces, veth links, sshd): run it as root")
@@ -330,6 +339,8 @@ def up(topo: Topology, paths: Paths) -> dict[str, Any]:
             },
             "regions": {r.name: {"netns": r.netns} for r in topo.regions},
             "client": CLIENT_NS,
+            "prefix": PREFIX,
+            "mgmt_netns": MGMT_NS,
             "registry": {
                 "address": f"{REGISTRY_ADDR.ip}:5000",
                 "pid": registry_pid,

@@ -21,12 +21,29 @@ No namespace gets a default route.
 from __future__ import annotations
 
 import ipaddress
+import os
+import re
 from dataclasses import dataclass
 
 from fleet import model
 from fleet.errors import FleetError
 
-PREFIX = "flab"
+
+def _prefix() -> str:
+    """Names of the lab's namespaces start with this (``$FLEET_LAB_PREFIX``, default flab).
+
+    Labs with different prefixes (the operator's, a test run's) live side by
+    side; ``lab down`` removes only its own prefix.
+    """
+    value = os.environ.get("FLEET_LAB_PREFIX", "flab")
+    if not re.fullmatch(r"[a-z][a-z0-9]{0,7}", value):
+        raise FleetError(
+            f"FLEET_LAB_PREFIX={value!r}: want 1-8 lowercase letters and digits, a letter first"
+        )
+    return value
+
+
+PREFIX = _prefix()
 MGMT_NET = ipaddress.IPv4Network("192.0.2.0/25")
 MGMT_GATEWAY = ipaddress.IPv4Interface("192.0.2.1/25")
 CLIENT_LINKS = ipaddress.IPv4Network("192.0.2.128/25")

@@ -18,9 +18,19 @@ RECONCILE = str(Path(sys.executable).with_name("reconcile"))
 @dataclass(frozen=True)
 class Lab:
     directory: Path
+    # Our own namespace prefix: the operator's lab (flab-*) and other test runs stay untouched.
+    prefix: str = f"ft{os.getpid() % 100000}"
+
+    @property
+    def env(self) -> dict[str, str]:
+        return {
+            **os.environ,
+            "FLEET_LAB_DIR": str(self.directory),
+            "FLEET_LAB_PREFIX": self.prefix,
+        }
 
     def reconcile(self, *args: str, check: bool = True) -> subprocess.CompletedProcess[str]:
-        env = {**os.environ, "FLEET_LAB_DIR": str(self.directory)}
+        env = self.env
         result = subprocess.run(
             [RECONCILE, *args], cwd=ROOT, env=env, capture_output=True, text=True, check=False
         )
@@ -38,7 +48,7 @@ class Lab:
                 "ip",
                 "netns",
                 "exec",
-                "flab-mgmt",
+                f"{self.prefix}-mgmt",
                 "ssh",
                 "-i",
                 str(self.directory / "id_ed25519"),
@@ -69,7 +79,6 @@ def lab() -> Iterator[Lab]:
     if os.geteuid() != 0:
         pytest.skip("the lab needs root (network namespaces)")
     the_lab = Lab(lab_directory())
-    the_lab.reconcile("lab", "down", check=False)
     try:
         the_lab.reconcile("lab", "up", "--fleet", "examples")
         yield the_lab

@@ -61,7 +61,7 @@ def test_links_work_inside_the_lab(lab: Lab) -> None:
 
 def test_the_machines_own_namespace_is_untouched(lab: Lab) -> None:
     links = subprocess.run(["ip", "-o", "link"], capture_output=True, text=True, check=True)
-    assert "flab" not in links.stdout
+    assert lab.prefix not in links.stdout
     routes = subprocess.run(["ip", "route"], capture_output=True, text=True, check=True).stdout
     assert "192.0.2.0/25" not in routes
 
@@ -97,21 +97,20 @@ def test_down_after_a_crash_removes_everything(tmp_path: object) -> None:
         pytest.skip("needs root")
     from tests.lab.conftest import lab_directory
 
-    crashed = Lab(lab_directory().with_name(lab_directory().name + "-crash"))
-    crashed.reconcile("lab", "down", check=False)
+    prefix = f"fc{os.getpid() % 100000}"
+    crashed = Lab(lab_directory().with_name(lab_directory().name + "-crash"), prefix)
     try:
         crashed.reconcile("lab", "up", "--fleet", "examples")
         # A crash: the state file is gone, processes and namespaces remain.
         (crashed.directory / "lab.json").unlink()
         sshd_pids = subprocess.run(
-            ["ip", "netns", "pids", "flab-h-ams-1"], capture_output=True, text=True, check=True
+            ["ip", "netns", "pids", f"{prefix}-h-ams-1"], capture_output=True, text=True, check=True
         ).stdout.split()
         assert sshd_pids
     finally:
         first = crashed.reconcile("lab", "down")
     assert "removed" in first.stdout
-    assert not [n for n in _netns() if n.startswith("flab-")]
-    assert not os.path.exists("/sys/class/net/flab-mgmt0")
+    assert not [n for n in _netns() if n.startswith(f"{prefix}-")]
     assert not crashed.directory.exists()
     for pid in sshd_pids:
         assert _gone(pid), pid
