@@ -222,16 +222,19 @@ def _host_resources(
                     wanted.append(p.announcement(host))
         by_kind: dict[Kind, list[desired.Desired]] = defaultdict(list)
         supported = idx.kinds.get(host) or frozenset()
+        skipped: dict[str, int] = defaultdict(int)
         for d in wanted:
             if supported and d.kind.value not in supported:
                 # Never guess: a host whose agent cannot hold this kind gets no step
-                # for it, and the plan says so.
-                acc.warnings.append(
-                    P.Warning(d.address, f"not planned: the agent on {host} does not manage "
-                              f"{d.kind.value} resources yet")
-                )  # fmt: skip
+                # for it, and the plan says so (once per host and kind).
+                skipped[d.kind.value] += 1
                 continue
             by_kind[d.kind].append(d)
+        for kind_name, count in sorted(skipped.items()):
+            acc.warnings.append(
+                P.Warning(f"host.{host}", f"{count} {kind_name} resource(s) not planned: "
+                          f"the agent on {host} does not manage {kind_name}s yet")
+            )  # fmt: skip
         for kind in (Kind.IMAGE, Kind.ROUTE, Kind.ANNOUNCEMENT):
             _reconcile_kind(
                 acc, host, kind, by_kind.get(kind, []), idx.others.get((host, kind), {})
