@@ -149,13 +149,19 @@ class KernelStore:
             shutil.rmtree(kdir)
         work = Path(tempfile.mkdtemp(prefix=f".{abi}-", dir=self.root))
         try:
-            proc = subprocess.run(
-                ["apt-get", "download", f"linux-image-{abi}"],
-                cwd=work, capture_output=True, text=True, check=False,
-            )  # fmt: skip
+            try:
+                proc = subprocess.run(
+                    ["apt-get", "download", f"linux-image-{abi}"],
+                    cwd=work, capture_output=True, text=True, check=False, timeout=600,
+                )  # fmt: skip
+            except subprocess.TimeoutExpired as exc:
+                raise VMMError(f"apt-get download linux-image-{abi} took over 10 minutes") from exc
             debs = list(work.glob("*.deb"))
             if proc.returncode != 0 or not debs:
-                raise VMMError(f"apt-get download linux-image-{abi} failed: {proc.stderr.strip()}")
+                raise VMMError(
+                    f"apt-get download linux-image-{abi} failed (try apt-get update): "
+                    f"{proc.stderr.strip()}"
+                )
             root = work / "root"
             subprocess.run(["dpkg", "-x", str(debs[0]), str(root)], check=True, capture_output=True)
             subprocess.run(["depmod", "-b", str(root), abi], check=True, capture_output=True)
