@@ -155,13 +155,19 @@ class KernelStore:
             if shipped:
                 shutil.copyfile(shipped[-1], work / shipped[-1].name)
             else:
-                proc = subprocess.run(
-                    ["apt-get", "download", f"linux-image-{abi}"],
-                    cwd=work, capture_output=True, text=True, check=False,
-                )  # fmt: skip
+                try:
+                    proc = subprocess.run(
+                        ["apt-get", "download", f"linux-image-{abi}"],
+                        cwd=work, capture_output=True, text=True, check=False, timeout=600,
+                    )  # fmt: skip
+                except subprocess.TimeoutExpired as exc:
+                    raise VMMError(
+                        f"apt-get download linux-image-{abi} took over 10 minutes"
+                    ) from exc
                 if proc.returncode != 0 or not list(work.glob("*.deb")):
                     raise VMMError(
-                        f"apt-get download linux-image-{abi} failed: {proc.stderr.strip()}"
+                        f"apt-get download linux-image-{abi} failed (try apt-get update): "
+                        f"{proc.stderr.strip()}"
                     )
             debs = list(work.glob("*.deb"))
             root = work / "root"

@@ -233,7 +233,10 @@ class MachineManager:
             kill_signal=guestconf.signal_number(spec.kill_signal),
             kill_timeout_ms=int(spec.kill_timeout * 1000), halt=drv.guest_halt,
         )  # fmt: skip
-        mdir.mkdir(parents=True)
+        try:
+            mdir.mkdir(parents=True)
+        except FileExistsError:
+            raise VMMError(f"machine {spec.name} is being created by another process") from None
         try:
             initrd = mdir / "initrd.img"
             initramfs.write_machine_initrd(base_initrd, cfg, initrd)
