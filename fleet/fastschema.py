@@ -67,6 +67,24 @@ def _ipv6(v: Any) -> bool:
     return not address.scope_id
 
 
+def prefix_checker(version: int) -> Check:
+    """A prefix (``ADDRESS/LEN``, host bits allowed) of one IP version; non-strings pass."""
+
+    def check(v: Any) -> bool:
+        if type(v) is not str:
+            return True
+        try:
+            net = ipaddress.ip_network(v, strict=False)
+        except ValueError:
+            return False
+        return net.version == version
+
+    return check
+
+
+PREFIX_FORMATS = {"ipv4-prefix": prefix_checker(4), "ipv6-prefix": prefix_checker(6)}
+
+
 def _equal(a: Any, b: Any) -> bool:
     """JSON equality: booleans are not numbers."""
     if type(a) is bool or type(b) is bool:
@@ -155,6 +173,8 @@ def _keyword(key: str, value: Any, schema: Any, resolve: Callable[[str], Any]) -
             return _ipv4
         if value == "ipv6":
             return _ipv6
+        if value in PREFIX_FORMATS:
+            return PREFIX_FORMATS[value]
         raise Unsupported(f"format {value}")
     raise Unsupported(key)
 

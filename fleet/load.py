@@ -92,6 +92,7 @@ def parse_files(files: Iterator[tuple[str, bytes]], root: str) -> model.Fleet:
     """Parse, validate and assemble a fleet from ``(relative path, bytes)`` pairs."""
     errors: list[ModelError] = []
     entries: list[semantics.Entry] = []
+    broken: set[model.Kind] = set()
     for rel, data in files:
         shown = _display(root, rel)
         try:
@@ -112,11 +113,12 @@ def parse_files(files: Iterator[tuple[str, bytes]], root: str) -> model.Fleet:
             problems = schema.validate(doc, kind)
             if problems:
                 errors += problems
+                broken.add(kind)
                 continue
             source = model.Source(shown, doc.start[0])
             obj = build.build(kind, doc.value, source)
             entries.append(semantics.Entry(kind, doc.value["metadata"]["name"], obj, doc))
-    fleet, problems = semantics.check(entries)
+    fleet, problems = semantics.check(entries, frozenset(broken))
     errors += problems
     if errors or fleet is None:
         raise ModelErrors(errors)

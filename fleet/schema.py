@@ -83,6 +83,8 @@ def _validators() -> dict[Kind, jsonschema.protocols.Validator]:
         for name, schema in schemas.items()
     )
     checker = jsonschema.FormatChecker(["ipv4", "ipv6"])
+    for name, check in fastschema.PREFIX_FORMATS.items():
+        checker.checks(name)(check)
     cls = jsonschema.Draft202012Validator
     return {
         kind: cls(schemas[file], registry=registry, format_checker=checker)

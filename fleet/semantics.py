@@ -35,8 +35,16 @@ class Entry:
     doc: Document
 
 
-def check(entries: Sequence[Entry]) -> tuple[model.Fleet | None, list[ModelError]]:
-    """Assemble the fleet from its documents; return it (if consistent) and all errors."""
+def check(
+    entries: Sequence[Entry], broken: frozenset[Kind] = frozenset()
+) -> tuple[model.Fleet | None, list[ModelError]]:
+    """Assemble the fleet from its documents; return it (if consistent) and all errors.
+
+    ``broken`` names the kinds of which some document already failed its schema:
+    checks that would only repeat that failure in other words (an "unknown"
+    region that is merely invalid, pools missing because the Network is) are
+    skipped, so every error printed is a real one.
+    """
     errors: list[ModelError] = []
     by_kind: dict[Kind, dict[str, Entry]] = {k: {} for k in Kind}
     for entry in entries:
@@ -71,11 +79,13 @@ def check(entries: Sequence[Entry]) -> tuple[model.Fleet | None, list[ModelError
 
     if networks:
         errors += _network(network, networks[0].doc)
-    errors += _regions(fleet, by_kind[Kind.REGION])
-    errors += _hosts(fleet, by_kind[Kind.HOST])
-    errors += _apps(fleet, by_kind[Kind.APP])
+    region_broken = Kind.REGION in broken
+    errors += _regions(fleet, by_kind[Kind.REGION], region_broken)
+    errors += _hosts(fleet, by_kind[Kind.HOST], region_broken)
+    errors += _apps(fleet, by_kind[Kind.APP], region_broken, Kind.NETWORK in broken)
     errors += _ports(fleet, by_kind[Kind.APP])
-    if not any(e.location.path.startswith("spec.region") for e in errors):
+    complete = not broken and not any(e.location.path.startswith("spec.region") for e in errors)
+    if complete:
         errors += _capacity(fleet, by_kind)
     return (None if errors else fleet), errors
 
@@ -110,12 +120,14 @@ def _network(net: model.Network, doc: Document) -> list[ModelError]:
     return errors
 
 
-def _regions(fleet: model.Fleet, entries: dict[str, Entry]) -> list[ModelError]:
+def _regions(
+    fleet: model.Fleet, entries: dict[str, Entry], region_broken: bool
+) -> list[ModelError]:
     errors = []
     for name, entry in entries.items():
         region = fleet.regions[name]
         for other in region.latency_ms:
-            if other not in fleet.regions:
+            if other not in fleet.regions and not region_broken:
                 errors.append(
                     schema.error_at(
                         entry.doc,
@@ -127,7 +139,7 @@ def _regions(fleet: model.Fleet, entries: dict[str, Entry]) -> list[ModelError]:
     return errors
 
 
-def _hosts(fleet: model.Fleet, entries: dict[str, Entry]) -> list[ModelError]:
+def _hosts(fleet: model.Fleet, entries: dict[str, Entry], region_broken: bool) -> list[ModelError]:
     errors = []
     endpoints: dict[tuple[str, int], str] = {}
     pins: dict[ipaddress.IPv6Network, str] = {}
@@ -135,7 +147,7 @@ def _hosts(fleet: model.Fleet, entries: dict[str, Entry]) -> list[ModelError]:
     for name, entry in entries.items():
         host = fleet.hosts[name]
         doc = entry.doc
-        if host.region not in fleet.regions:
+        if host.region not in fleet.regions and not region_broken:
             errors.append(
                 schema.error_at(
                     doc,
@@ -175,7 +187,9 @@ def _known(names: Mapping[str, object]) -> str:
     return f" (known: {listed}{', ...' if len(names) > 8 else ''})"
 
 
-def _apps(fleet: model.Fleet, entries: dict[str, Entry]) -> list[ModelError]:
+def _apps(
+    fleet: model.Fleet, entries: dict[str, Entry], region_broken: bool, network_broken: bool
+) -> list[ModelError]:
     errors = []
     pools = fleet.network.anycast_pools
     for name, entry in entries.items():
@@ -185,6 +199,8 @@ def _apps(fleet: model.Fleet, entries: dict[str, Entry]) -> list[ModelError]:
         for region_name in app.regions:
             path: list[str | int] = ["spec", "regions", region_name]
             region = fleet.regions.get(region_name)
+            if region is None and region_broken:
+                continue
             if region is None:
                 errors.append(
                     schema.error_at(
@@ -231,7 +247,8 @@ def _apps(fleet: model.Fleet, entries: dict[str, Entry]) -> list[ModelError]:
                         f"soft_limit {conc.soft_limit} exceeds hard_limit {conc.hard_limit}",
                     )
                 )
-        errors += _anycast(app, doc, pools)
+        if not network_broken:
+            errors += _anycast(app, doc, pools)
     return errors
 
 
