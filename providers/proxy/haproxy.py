@@ -185,7 +185,7 @@ def write(files: dict[Path, str], suffix: str = "") -> None:
 def validate(config: Path) -> None:
     """Ask HAProxy whether it accepts ``config``; raise with its first alert if not."""
     result = subprocess.run(
-        [HAPROXY, "-c", "-q", "-f", str(config)],
+        [HAPROXY, "-c", "-f", str(config)],
         capture_output=True,
         text=True,
         check=False,

@@ -54,6 +54,7 @@ class EdgeProxy:
         self._live: t.RoutingTable | None = None
         self._files: dict[Path, str] = {}
         self._certs = ""
+        self._resync = False
 
     def start(self, table: t.RoutingTable) -> None:
         self.options.state_dir.mkdir(parents=True, exist_ok=True)
@@ -87,17 +88,26 @@ class EdgeProxy:
         reason = p.reload
         if reason is None and certs != self._certs:
             reason = "certificates changed"
+        if reason is None and self._resync:
+            reason = "resync after a refused runtime update"
         if reason is not None:
             self._files = self._render_checked(table)
             self.session.close()
             self.process.reload()
             self._live = self.last_good = table
+            self._resync = False
             self._certs = certs
             touched = frozenset(r.name for r in table.routes)
             return ApplyResult(Method.RELOAD, reason, (), touched, time.monotonic() - began)
         if not p.ops:
             return ApplyResult(Method.NOOP, "no change", (), frozenset(), time.monotonic() - began)
-        commands = self.session.apply(p.ops, self.options.replay_map)
+        try:
+            commands = self.session.apply(p.ops, self.options.replay_map)
+        except ProviderError:
+            # rolled back, but HAProxy refused something we believed it held: it has
+            # drifted from our table, so the next apply rewrites it whole
+            self._resync = True
+            raise
         self._live = p.live
         self.last_good = table
         self._files = haproxy.render(p.live, self.options)

@@ -46,6 +46,8 @@ class Backends:
         proc = self.procs.pop(name)
         proc.terminate()
         proc.wait(5)
+        if proc.stdout is not None:
+            proc.stdout.close()
 
     def stop_all(self) -> None:
         for name in list(self.procs):
@@ -78,7 +80,9 @@ def edge(options: haproxy.Options) -> Iterator[proxy.EdgeProxy]:
     e.stop()
 
 
-def server(name: str, port: int, *, role: t.Role = t.Role.LOCAL, region: str = "sea", **kw: object) -> t.Server:
+def server(
+    name: str, port: int, *, role: t.Role = t.Role.LOCAL, region: str = "sea", **kw: object
+) -> t.Server:
     return t.Server(name, role, "127.0.0.1", port, region=region, machine=f"m/{name}", **kw)  # type: ignore[arg-type]
 
 
@@ -110,8 +114,13 @@ def table(*routes: t.Route) -> t.RoutingTable:
 
 
 def get(
-    port: int, path: str = "/", host: str = "", method: str = "GET", body: bytes | None = None,
-    headers: dict[str, str] | None = None, timeout: float = 10.0,
+    port: int,
+    path: str = "/",
+    host: str = "",
+    method: str = "GET",
+    body: bytes | None = None,
+    headers: dict[str, str] | None = None,
+    timeout: float = 10.0,
 ) -> tuple[int, dict[str, str], bytes]:
     conn = http.client.HTTPConnection("127.0.0.1", port, timeout=timeout)
     try:

@@ -14,13 +14,16 @@ EXAMPLES = Path(__file__).resolve().parents[2] / "examples"
 
 def apps(min_running: int, mode: model.AutoStop = model.AutoStop.STOP) -> dict[str, model.App]:
     hello = load.load_dir(EXAMPLES).apps["hello"]
-    svc = dataclasses.replace(hello.services[0], auto_stop_machines=mode, min_machines_running=min_running)
+    svc = dataclasses.replace(
+        hello.services[0], auto_stop_machines=mode, min_machines_running=min_running
+    )
     return {"hello": dataclasses.replace(hello, services=(svc,))}
 
 
 def table(n: int) -> t.RoutingTable:
     servers = tuple(
-        t.Server(f"sea.{i}", t.Role.LOCAL, "10.0.0.1", 8000 + i, "sea", f"hello/sea#{i}") for i in range(1, n + 1)
+        t.Server(f"sea.{i}", t.Role.LOCAL, "10.0.0.1", 8000 + i, "sea", f"hello/sea#{i}")
+        for i in range(1, n + 1)
     )
     lst = (t.Listener("198.51.100.10", 80, False, True),)
     return t.RoutingTable("sea-1", "sea", (t.Route("hello", 0, t.Mode.HTTP, lst, servers),))
@@ -31,7 +34,13 @@ def stat(i: int, current: int = 0, last: int = 600, changed: int = 3600) -> runt
 
 
 def test_idle_machines_above_the_floor_stop_longest_idle_first() -> None:
-    stats = [stat(1, last=400), stat(2, last=900), stat(3, current=2), stat(4, last=700), stat(5, last=10)]
+    stats = [
+        stat(1, last=400),
+        stat(2, last=900),
+        stat(3, current=2),
+        stat(4, last=700),
+        stat(5, last=10),
+    ]
     got = autostop.decide(apps(min_running=2), table(5), stats, idle_after_s=300)
     # 5 running, floor 2: three may stop; sea.3 is busy and sea.5 recently used
     assert [d.machine for d in got] == ["hello/sea#2", "hello/sea#4", "hello/sea#1"]

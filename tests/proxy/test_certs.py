@@ -19,7 +19,9 @@ def test_issued_certificate_names_the_app_and_chains_to_the_ca(tmp_path: Path) -
     lst = (t.Listener("198.51.100.10", 443, True, True),)
     route = t.Route("hello", 0, t.Mode.HTTP, lst, (), ("hello.fleet.test",))
     plain = t.Route("plain", 0, t.Mode.HTTP, (t.Listener("198.51.100.11", 80, False, True),), ())
-    paths = certs.write_app_certificates(ca, t.RoutingTable("h", "r", (route, plain)), tmp_path / "certs")
+    paths = certs.write_app_certificates(
+        ca, t.RoutingTable("h", "r", (route, plain)), tmp_path / "certs"
+    )
     assert [p.name for p in paths] == ["hello.pem"]
     pem = paths[0].read_bytes()
     assert b"PRIVATE KEY" in pem

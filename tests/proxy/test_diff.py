@@ -52,7 +52,10 @@ def test_a_new_machine_is_one_add_on_its_backend_only() -> None:
     assert p.reload is None
     assert p.touched == {"be_a_0"}
     cmds = commands(p)
-    assert cmds[:2] == ["add server be_a_0/sea.3 10.0.0.1:8080 weight 100", "enable server be_a_0/sea.3"]
+    assert cmds[:2] == [
+        "add server be_a_0/sea.3 10.0.0.1:8080 weight 100",
+        "enable server be_a_0/sea.3",
+    ]
     assert all("be_b_0" not in c for c in cmds)
     # the replay map learns the new instance and its region
     assert "add map /m be_a_0/instance/sea.3 sea.3|10.0.0.1|8080" in cmds
@@ -63,7 +66,9 @@ def test_drain_then_remove() -> None:
         rt("a", srv("sea.1"), srv("sea.2", draining=True), srv("ams.1", R)), BASE.routes[1]
     )
     p = diff.plan(BASE, draining)
-    assert [c for c in commands(p) if "server" in c or "weight" in c] == ["set weight be_a_0/sea.2 0"]
+    assert [c for c in commands(p) if "server" in c or "weight" in c] == [
+        "set weight be_a_0/sea.2 0"
+    ]
     gone = tab(rt("a", srv("sea.1"), srv("ams.1", R)), BASE.routes[1])
     p2 = diff.plan(p.live, gone)
     assert commands(p2)[-2:] == ["disable server be_a_0/sea.2", "del server be_a_0/sea.2"]
@@ -77,13 +82,21 @@ def test_removals_come_after_additions_so_capacity_never_dips() -> None:
 
 def test_remote_ipv6_addresses_are_bracketed() -> None:
     new = tab(BASE.routes[0], rt("b", srv("sea.1"), srv("ams.1", R), srv("ams.2", R)))
-    assert "add server be_b_0/ams.2 [fd00::1]:8080 backup weight 100" in commands(diff.plan(BASE, new))
+    assert "add server be_b_0/ams.2 [fd00::1]:8080 backup weight 100" in commands(
+        diff.plan(BASE, new)
+    )
 
 
 def test_limit_address_and_waker_changes_are_runtime_updates() -> None:
-    a = tab(rt("a", srv("sea.1", maxconn=10), t.Server("waker", W, "127.0.0.1", 20000, enabled=False)))
+    a = tab(
+        rt("a", srv("sea.1", maxconn=10), t.Server("waker", W, "127.0.0.1", 20000, enabled=False))
+    )
     b = tab(
-        rt("a", srv("sea.1", maxconn=5, port=9090), t.Server("waker", W, "127.0.0.1", 20000, enabled=True))
+        rt(
+            "a",
+            srv("sea.1", maxconn=5, port=9090),
+            t.Server("waker", W, "127.0.0.1", 20000, enabled=True),
+        )
     )
     assert [c for c in commands(diff.plan(a, b)) if "map" not in c] == [
         "set server be_a_0/sea.1 addr 10.0.0.1 port 9090",
@@ -95,7 +108,9 @@ def test_limit_address_and_waker_changes_are_runtime_updates() -> None:
 def test_route_or_listener_changes_need_a_reload() -> None:
     added = tab(*BASE.routes, rt("c", srv("sea.1")))
     assert diff.plan(BASE, added).reload == "routes added: be_c_0"
-    moved = dataclasses.replace(BASE.routes[1], listeners=(t.Listener("198.51.100.2", 80, False, True),))
+    moved = dataclasses.replace(
+        BASE.routes[1], listeners=(t.Listener("198.51.100.2", 80, False, True),)
+    )
     assert diff.plan(BASE, tab(BASE.routes[0], moved)).reload == "routes changed: be_b_0"
 
 
@@ -104,7 +119,9 @@ def test_a_backup_that_must_come_first_needs_a_reload() -> None:
     new = tab(rt("a", srv("sea.1"), srv("sea.2"), srv("nrt.1", R), srv("ams.1", R)), BASE.routes[1])
     assert diff.plan(BASE, new).reload == "be_a_0: backup order changed"
     # appended after the existing backups, it is in the right place: runtime
-    later = tab(rt("a", srv("sea.1"), srv("sea.2"), srv("ams.1", R), srv("nrt.1", R)), BASE.routes[1])
+    later = tab(
+        rt("a", srv("sea.1"), srv("sea.2"), srv("ams.1", R), srv("nrt.1", R)), BASE.routes[1]
+    )
     assert diff.plan(BASE, later).reload is None
 
 

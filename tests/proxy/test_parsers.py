@@ -44,9 +44,12 @@ def test_success_answers() -> None:
     assert runtime.succeeded("add server b/s 1.2.3.4:80", "New server registered.\n")
     assert not runtime.succeeded("add server b/s x:80", "Invalid address 'x'\n")
     assert runtime.succeeded("del server b/s", "Server deleted.")
-    assert not runtime.succeeded("del server b/s", "Only servers in maintenance mode can be deleted.")
+    assert not runtime.succeeded(
+        "del server b/s", "Only servers in maintenance mode can be deleted."
+    )
     assert runtime.succeeded("enable server b/s", "")
     assert not runtime.succeeded("enable server b/x", "No such server.")
     assert runtime.succeeded(
-        "set server b/s addr 1.2.3.4 port 81", "IP changed from '1.2.3.4' to '1.2.3.4', port changed from '80' to '81' by 'stats socket command'"
+        "set server b/s addr 1.2.3.4 port 81",
+        "IP changed from '1.2.3.4' to '1.2.3.4', port changed from '80' to '81' by 'stats socket command'",
     )

@@ -132,7 +132,10 @@ def test_malformed_tables_are_refused_with_the_problem(mutate: object, needle: s
     r = hello_route(tab)
     bad_server = mutate(r.servers[0])  # type: ignore[operator]
     bad = dataclasses.replace(
-        tab, routes=tuple(dataclasses.replace(x, servers=(bad_server,)) if x is r else x for x in tab.routes)
+        tab,
+        routes=tuple(
+            dataclasses.replace(x, servers=(bad_server,)) if x is r else x for x in tab.routes
+        ),
     )
     with pytest.raises(ProviderError, match=needle):
         t.check(bad)
