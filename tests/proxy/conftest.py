@@ -1,4 +1,4 @@
-"""Fixtures for the proxy tests: real HAProxy on loopback, real backends we start and stop by PID."""
+"""Proxy test fixtures: real HAProxy on loopback, real backends started and stopped by PID."""
 
 from __future__ import annotations
 
@@ -113,7 +113,7 @@ def table(*routes: t.Route) -> t.RoutingTable:
     return t.RoutingTable("sea-1", "sea", routes)
 
 
-def get(
+def get(  # noqa: PLR0917
     port: int,
     path: str = "/",
     host: str = "",

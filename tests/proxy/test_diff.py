@@ -11,7 +11,7 @@ L, R, W = t.Role.LOCAL, t.Role.REMOTE, t.Role.WAKER
 
 
 def srv(name: str, role: t.Role = L, port: int = 8080, **kw: object) -> t.Server:
-    region = name.split(".")[0]
+    region = name.split(".", maxsplit=1)[0]
     return t.Server(name, role, "fd00::1" if role is R else "10.0.0.1", port, region=region, **kw)  # type: ignore[arg-type]
 
 

@@ -150,7 +150,7 @@ def test_malformed_updates_keep_the_last_good_table(
     bad_addr = table(
         route("web", port, (server("sea.1", p1), t.Server("sea.9", t.Role.LOCAL, "nope", 1)))
     )
-    with pytest.raises(ProviderError, match="malformed routing table.*invalid address 'nope'"):
+    with pytest.raises(ProviderError, match=r"malformed routing table.*invalid address 'nope'"):
         edge.apply(bad_addr)
     assert edge.alarm is not None and "nope" in edge.alarm
 
@@ -166,7 +166,7 @@ def test_malformed_updates_keep_the_last_good_table(
     # 3. refused by the runtime API half-way (a server removed behind our back): rolled back
     edge.session.execute("disable server be_web_0/sea.2")
     assert edge.session.execute("del server be_web_0/sea.2").startswith("Server deleted")
-    with pytest.raises(ProviderError, match="HAProxy refused 'disable server be_web_0/sea.2'"):
+    with pytest.raises(ProviderError, match=r"HAProxy refused 'disable server be_web_0/sea\.2'"):
         edge.apply(table(route("web", port, (server("sea.1", p1), server("sea.3", p3)))))
     assert [n for n, _, _ in live_servers(edge, "be_web_0")] == ["sea.1"]  # sea.3 undone
 

@@ -51,5 +51,6 @@ def test_success_answers() -> None:
     assert not runtime.succeeded("enable server b/x", "No such server.")
     assert runtime.succeeded(
         "set server b/s addr 1.2.3.4 port 81",
-        "IP changed from '1.2.3.4' to '1.2.3.4', port changed from '80' to '81' by 'stats socket command'",
+        "IP changed from '1.2.3.4' to '1.2.3.4', port changed from '80' to '81' "
+        "by 'stats socket command'",
     )
