@@ -40,18 +40,22 @@ def test_tls_with_the_lab_ca_and_force_https(edge: proxy.EdgeProxy, backends: Ba
     assert headers["location"] == "https://hello.fleet.test/x?y=1"
 
     context = ssl.create_default_context(cadata=ca.cert_pem.decode())
-    with socket.create_connection(("127.0.0.1", secure)) as raw:
-        with context.wrap_socket(raw, server_hostname="hello.fleet.test") as tls:
-            tls.sendall(b"GET / HTTP/1.1\r\nHost: hello.fleet.test\r\nConnection: close\r\n\r\n")
-            answer = b""
-            while chunk := tls.recv(4096):
-                answer += chunk
-            assert tls.getpeercert() is not None
+    with (
+        socket.create_connection(("127.0.0.1", secure)) as raw,
+        context.wrap_socket(raw, server_hostname="hello.fleet.test") as tls,
+    ):
+        tls.sendall(b"GET / HTTP/1.1\r\nHost: hello.fleet.test\r\nConnection: close\r\n\r\n")
+        answer = b""
+        while chunk := tls.recv(4096):
+            answer += chunk
+        assert tls.getpeercert() is not None
     assert answer.startswith(b"HTTP/1.1 200") and answer.endswith(b"tls1\n")
     # a client without the lab CA refuses the certificate
-    with socket.create_connection(("127.0.0.1", secure)) as raw:
-        with pytest.raises(ssl.SSLCertVerificationError):
-            ssl.create_default_context().wrap_socket(raw, server_hostname="hello.fleet.test")
+    with (
+        socket.create_connection(("127.0.0.1", secure)) as raw,
+        pytest.raises(ssl.SSLCertVerificationError),
+    ):
+        ssl.create_default_context().wrap_socket(raw, server_hostname="hello.fleet.test")
 
 
 @pytest.fixture
@@ -134,7 +138,7 @@ def test_oversized_replay_body_is_refused_not_truncated(replay_edge: int, chunke
 
 def test_small_posts_that_are_not_replayed_pass_untouched(replay_edge: int) -> None:
     body = b"y" * (200 * 1024)  # over the replay cap, but no replay asked: served whole
-    status, headers, answer = get(replay_edge, "/echo", method="POST", body=body)
+    status, _, answer = get(replay_edge, "/echo", method="POST", body=body)
     assert status == 200 and answer.split()[2] == str(len(body)).encode()
 
 
