@@ -126,8 +126,9 @@ def issue(ca: Authority, hostnames: Iterable[str], addresses: Iterable[str] = ()
 def write_app_certificates(ca: Authority, table: t.RoutingTable, directory: Path) -> list[Path]:
     """One ``<app>.pem`` per app that terminates TLS, naming its hostnames and addresses.
 
-    An existing certificate is kept (rewriting would change the fingerprint and
-    force a reload every time); apps that no longer terminate TLS lose theirs.
+    An existing certificate is kept while it names the same hostnames and
+    addresses (rewriting would change the fingerprint and force a reload every
+    time); apps that no longer terminate TLS lose theirs.
     """
     directory.mkdir(parents=True, exist_ok=True)
     wanted: dict[str, tuple[set[str], set[str]]] = {}
@@ -139,13 +140,24 @@ def write_app_certificates(ca: Authority, table: t.RoutingTable, directory: Path
     written = []
     for app, (hosts, addrs) in sorted(wanted.items()):
         path = directory / f"{app}.pem"
-        if not path.exists():
+        if _names(path) != (sorted(hosts), sorted(addrs)):
             _write_private(path, issue(ca, sorted(hosts), sorted(addrs)))
         written.append(path)
     for old in directory.glob("*.pem"):
         if old.stem not in wanted:
             old.unlink()
     return written
+
+
+def _names(path: Path) -> tuple[list[str], list[str]] | None:
+    """The DNS names and IP addresses an existing certificate file names, sorted."""
+    try:
+        cert = x509.load_pem_x509_certificate(path.read_bytes())
+        san = cert.extensions.get_extension_for_class(x509.SubjectAlternativeName).value
+    except (OSError, ValueError, x509.ExtensionNotFound):
+        return None
+    ips = sorted(str(a) for a in san.get_values_for_type(x509.IPAddress))
+    return sorted(san.get_values_for_type(x509.DNSName)), ips
 
 
 def _write_private(path: Path, data: bytes) -> None:

@@ -30,3 +30,18 @@ def test_issued_certificate_names_the_app_and_chains_to_the_ca(tmp_path: Path) -
     san = leaf.extensions.get_extension_for_class(x509.SubjectAlternativeName).value
     assert san.get_values_for_type(x509.DNSName) == ["hello.fleet.test"]
     assert san.get_values_for_type(x509.IPAddress) == [ipaddress.ip_address("198.51.100.10")]
+
+
+def test_certificate_is_kept_until_its_names_change(tmp_path: Path) -> None:
+    ca = certs.create_authority()
+    lst = (t.Listener("198.51.100.10", 443, True, True),)
+    first = t.Route("hello", 0, t.Mode.HTTP, lst, (), ("hello.fleet.test",))
+    (path,) = certs.write_app_certificates(ca, t.RoutingTable("h", "r", (first,)), tmp_path)
+    pem = path.read_bytes()
+    certs.write_app_certificates(ca, t.RoutingTable("h", "r", (first,)), tmp_path)
+    assert path.read_bytes() == pem  # unchanged: no needless reload
+    renamed = t.Route("hello", 0, t.Mode.HTTP, lst, (), ("hello.example.org",))
+    certs.write_app_certificates(ca, t.RoutingTable("h", "r", (renamed,)), tmp_path)
+    leaf = x509.load_pem_x509_certificate(path.read_bytes())
+    san = leaf.extensions.get_extension_for_class(x509.SubjectAlternativeName).value
+    assert san.get_values_for_type(x509.DNSName) == ["hello.example.org"]
