@@ -3,8 +3,8 @@
 In one run, side by side, interleaved rounds (the machine is shared and noisy):
 wrk straight to the backend, through a minimal hand-written HAProxy config,
 and through our generated config (100 apps, Host map routing, replay
-bookkeeping, buffering) to the same backend. Both proxies get one thread
-pinned to CPU 0, wrk runs on CPU 1. The backend is HAProxy answering
+bookkeeping, buffering) to the same backend. Both proxies run master-worker
+with one thread on CPU 0; wrk and the backend run on CPU 1. The backend is HAProxy answering
 ``http-request return``, so it is never the bottleneck.
 
 Then a one-route change: 20 trials of moving app ``web`` from one backend to
@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import argparse
 import http.client
+import os
 import re
 import shutil
 import socket
@@ -27,7 +28,7 @@ import tempfile
 import time
 from pathlib import Path
 
-from providers.proxy import haproxy, proxy, reload
+from providers.proxy import haproxy, proxy
 from providers.proxy import table as t
 
 BACKEND_CFG = """
@@ -180,22 +181,18 @@ def main() -> None:
         b1, b2, minimal = free_port(), free_port(), free_port()
         (work / "backend.cfg").write_text(BACKEND_CFG.format(p1=b1, p2=b2))
         (work / "minimal.cfg").write_text(MINIMAL_CFG.format(port=minimal, backend=b1))
-        for cfg, cpu in (("backend.cfg", 1), ("minimal.cfg", 0)):
-            procs.append(subprocess.Popen(pinned(cpu, ["haproxy", "-f", str(work / cfg)])))
+        procs.append(subprocess.Popen(pinned(1, ["haproxy", "-f", str(work / "backend.cfg")])))
+        # both proxies are born on CPU 0 (children inherit our affinity) and run the
+        # same way, master-worker, so only their configurations differ
+        os.sched_setaffinity(0, {0})
+        procs.append(subprocess.Popen(["haproxy", "-W", "-f", str(work / "minimal.cfg")]))
         ours = free_port()
         options = haproxy.Options(state_dir=work / "ours", nbthread=1)
         edge = proxy.EdgeProxy(options)
         table = fleet_table(ours, b1, args.apps)
         edge.start(table)
         assert edge.process.pid is not None
-        # pin the master and its worker (forked before we could pin the master)
-        procs_now = reload.parse_show_proc(
-            reload.master_command(options.master_socket, "show proc")
-        )
-        for pid in {edge.process.pid, *(p.pid for p in procs_now)}:
-            subprocess.run(
-                ["taskset", "-a", "-p", "-c", "0", str(pid)], check=False, capture_output=True
-            )
+        os.sched_setaffinity(0, set(range(os.cpu_count() or 1)))
         time.sleep(0.5)
         assert served_by(ours) == b"b1" and served_by(minimal) == b"b1"
 
