@@ -1,0 +1,207 @@
+"""From the routing table HAProxy has to the one it should have: runtime ops, or a reload.
+
+Pure. Most changes (a machine joining, draining or leaving; a limit; an
+address) are HAProxy runtime-API commands that touch only the servers that
+changed. Anything the runtime API cannot express (a route or listener added
+or removed, TLS, hostnames, a server changing role) needs a seamless reload,
+and so does a drift of the backup order: HAProxy sends to the *first* usable
+backup in list order and ``add server`` appends, so a newcomer that should
+come before an existing backup is placed right only by a reload.
+
+Every op knows its inverse, so a half-applied update can be rolled back to
+the last good table.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+from collections.abc import Mapping
+from dataclasses import dataclass, replace
+
+from providers.proxy import table as t
+
+REPLAY_MAP = "replay.map"
+
+
+@dataclass(frozen=True, slots=True)
+class ServerOp:
+    """Add (``before`` None), remove (``after`` None) or update one server of a backend."""
+
+    backend: str
+    before: t.Server | None
+    after: t.Server | None
+
+    @property
+    def name(self) -> str:
+        server = self.after or self.before
+        assert server is not None
+        return server.name
+
+    def inverse(self) -> ServerOp:
+        return ServerOp(self.backend, self.after, self.before)
+
+    def commands(self) -> tuple[str, ...]:
+        ref = f"{self.backend}/{self.name}"
+        old, new = self.before, self.after
+        if new is None:
+            return (f"disable server {ref}", f"del server {ref}")
+        if old is None:
+            words = [f"add server {ref} {endpoint(new)}"]
+            if new.backup:
+                words.append("backup")
+            if new.maxconn is not None:
+                words.append(f"maxconn {new.maxconn}")
+            words.append(f"weight {new.weight}")
+            if new.role is t.Role.WAKER:
+                words.append("pool-max-conn 0")
+            add = " ".join(words)
+            return (add, f"enable server {ref}") if new.enabled else (add,)
+        out: list[str] = []
+        if (old.address, old.port) != (new.address, new.port):
+            out.append(f"set server {ref} addr {new.address} port {new.port}")
+        if old.maxconn != new.maxconn:
+            out.append(f"set maxconn server {ref} {new.maxconn or 0}")
+        if old.weight != new.weight:
+            out.append(f"set weight {ref} {new.weight}")
+        if old.enabled != new.enabled:
+            out.append(f"{'enable' if new.enabled else 'disable'} server {ref}")
+        return tuple(out)
+
+
+@dataclass(frozen=True, slots=True)
+class MapOp:
+    """Add, remove or change one entry of the replay map (``key`` -> targets)."""
+
+    key: str
+    before: str | None
+    after: str | None
+
+    def inverse(self) -> MapOp:
+        return MapOp(self.key, self.after, self.before)
+
+    def commands(self, path: str) -> tuple[str, ...]:
+        if self.after is None:
+            return (f"del map {path} {self.key}",)
+        if self.before is None:
+            return (f"add map {path} {self.key} {self.after}",)
+        return (f"set map {path} {self.key} {self.after}",)
+
+
+Op = ServerOp | MapOp
+
+
+@dataclass(frozen=True, slots=True)
+class Plan:
+    """What to do: ``reload`` says why a reload is needed (None: runtime ops suffice).
+
+    ``live`` is the desired table with its servers in the order HAProxy will
+    really hold them after the ops; the next plan starts from it.
+    """
+
+    reload: str | None
+    ops: tuple[Op, ...]
+    live: t.RoutingTable
+
+    @property
+    def touched(self) -> frozenset[str]:
+        """Backends a runtime op touches (map keys start with the backend name)."""
+        return frozenset(
+            op.backend if isinstance(op, ServerOp) else op.key.split("/", 1)[0] for op in self.ops
+        )
+
+
+def endpoint(server: t.Server) -> str:
+    """``addr:port`` as HAProxy parses it (IPv6 in brackets)."""
+    if ipaddress.ip_address(server.address).version == 6:
+        return f"[{server.address}]:{server.port}"
+    return f"{server.address}:{server.port}"
+
+
+def plan(current: t.RoutingTable | None, desired: t.RoutingTable) -> Plan:
+    """The runtime ops taking ``current`` (as HAProxy holds it) to ``desired``, or a reload."""
+    if current is None:
+        return Plan("initial configuration", (), desired)
+    old_shapes = [r.shape() for r in current.routes]
+    new_shapes = [r.shape() for r in desired.routes]
+    if old_shapes != new_shapes:
+        return Plan(_shape_reason(current, desired), (), desired)
+    adds: list[Op] = []
+    updates: list[Op] = []
+    removes: list[Op] = []
+    live_routes: list[t.Route] = []
+    for old, new in zip(current.routes, desired.routes, strict=True):
+        wanted = {s.name: s for s in new.servers}
+        live: list[t.Server] = []
+        for s in old.servers:
+            target = wanted.get(s.name)
+            if target is None:
+                removes.append(ServerOp(old.name, s, None))
+            elif target.role is not s.role:
+                return Plan(f"{new.name}/{s.name} changed role", (), desired)
+            else:
+                if target != s:
+                    updates.append(ServerOp(old.name, s, target))
+                live.append(target)
+        have = {s.name for s in old.servers}
+        for s in new.servers:
+            if s.name not in have:
+                adds.append(ServerOp(old.name, None, s))
+                live.append(s)
+        if [s.name for s in live if s.backup] != [s.name for s in new.servers if s.backup]:
+            return Plan(f"{new.name}: backup order changed", (), desired)
+        live_routes.append(replace(new, servers=tuple(live)))
+    map_ops = _map_ops(replay_entries(current), replay_entries(desired))
+    map_dels = [op for op in map_ops if op.after is None]
+    map_sets = [op for op in map_ops if op.after is not None]
+    ops = (*adds, *updates, *map_sets, *map_dels, *removes)
+    return Plan(None, ops, replace(desired, routes=tuple(live_routes)))
+
+
+def _shape_reason(current: t.RoutingTable, desired: t.RoutingTable) -> str:
+    old = {r.name: r.shape() for r in current.routes}
+    new = {r.name: r.shape() for r in desired.routes}
+    added = sorted(new.keys() - old.keys())
+    gone = sorted(old.keys() - new.keys())
+    changed = sorted(n for n in old.keys() & new.keys() if old[n] != new[n])
+    parts = []
+    if added:
+        parts.append("routes added: " + ", ".join(added))
+    if gone:
+        parts.append("routes removed: " + ", ".join(gone))
+    if changed:
+        parts.append("routes changed: " + ", ".join(changed))
+    return "; ".join(parts) or "route order changed"
+
+
+def replay_entries(table: t.RoutingTable) -> dict[str, str]:
+    """The replay map: where ``fly-replay`` may send a request of each backend.
+
+    ``BE/any`` lists every machine in preference order, ``BE/region/R`` those of
+    region R, ``BE/instance/NAME`` one machine. A target is ``name|addr|port``;
+    several are joined by commas. Draining machines and the waker are not targets.
+    """
+    out: dict[str, str] = {}
+    for route in table.routes:
+        if route.mode is not t.Mode.HTTP:
+            continue
+        machines = [s for s in route.servers if s.role is not t.Role.WAKER and not s.draining]
+        if not machines:
+            continue
+        out[f"{route.name}/any"] = ",".join(_target(s) for s in machines)
+        regions: dict[str, list[t.Server]] = {}
+        for s in machines:
+            regions.setdefault(s.region, []).append(s)
+            out[f"{route.name}/instance/{s.name}"] = _target(s)
+        for region, servers in regions.items():
+            out[f"{route.name}/region/{region}"] = ",".join(_target(s) for s in servers)
+    return out
+
+
+def _target(server: t.Server) -> str:
+    return f"{server.name}|{server.address}|{server.port}"
+
+
+def _map_ops(old: Mapping[str, str], new: Mapping[str, str]) -> list[MapOp]:
+    ops = [MapOp(k, old.get(k), v) for k, v in new.items() if old.get(k) != v]
+    ops.extend(MapOp(k, v, None) for k, v in old.items() if k not in new)
+    return ops

@@ -1,0 +1,161 @@
+-- fly-replay for the edge proxy (providers/proxy).
+--
+-- Why Lua: HAProxy configuration alone cannot act on a response header by
+-- re-sending the request elsewhere. This action runs only when a response
+-- carries `fly-replay` (the backend's `http-response` rule checks the header
+-- natively); the request's method, path, headers and body were kept with
+-- native `set-var`, so requests that are not replayed cost no Lua at all.
+--
+-- Targets come from the replay map (`BE/any`, `BE/region/R`, `BE/instance/N`,
+-- values `name|addr|port,...`), kept in step with the routing table through
+-- the runtime API. A request whose body exceeds the cap (or was not held
+-- whole) is refused with 413, never replayed truncated. When no target can
+-- answer, the app's own response goes to the client with `fly-replay-failed`.
+
+local targets = Map.new(os.getenv("FLEET_REPLAY_MAP"), Map._str)
+local cap = tonumber(os.getenv("FLEET_REPLAY_CAP"))
+local room = tonumber(os.getenv("FLEET_REPLAY_ROOM"))
+local timeout_ms = tonumber(os.getenv("FLEET_REPLAY_TIMEOUT_MS"))
+
+local methods = { GET = "get", HEAD = "head", PUT = "put", POST = "post", DELETE = "delete" }
+local hop_by_hop = {
+  ["connection"] = true, ["keep-alive"] = true, ["transfer-encoding"] = true,
+  ["content-length"] = true, ["te"] = true, ["trailer"] = true, ["upgrade"] = true,
+  ["proxy-connection"] = true, ["fly-replay-src"] = true,
+}
+
+local function directives(value)
+  local out = {}
+  for part in string.gmatch(value, "[^;,]+") do
+    local k, v = string.match(part, "^%s*([%w_-]+)%s*=%s*(.-)%s*$")
+    if k then out[string.lower(k)] = v end
+  end
+  return out
+end
+
+local function request_headers(raw)
+  local out = {}
+  for line in string.gmatch(raw or "", "[^\r\n]+") do
+    local k, v = string.match(line, "^([^:%s]+):%s*(.-)%s*$")
+    if k then
+      k = string.lower(k)
+      if not hop_by_hop[k] then
+        out[k] = out[k] or {}
+        table.insert(out[k], v)
+      end
+    end
+  end
+  return out
+end
+
+local function split_targets(value, skip)
+  local out = {}
+  for item in string.gmatch(value or "", "[^,]+") do
+    local name, addr, port = string.match(item, "^([^|]+)|([^|]+)|(%d+)$")
+    if name and name ~= skip then
+      table.insert(out, { name = name, addr = addr, port = port })
+    end
+  end
+  return out
+end
+
+local function url_of(target, path)
+  local host = target.addr
+  if string.find(host, ":", 1, true) then host = "[" .. host .. "]" end
+  return "http://" .. host .. ":" .. target.port .. path
+end
+
+local function region_of(server)
+  return string.match(server or "", "^(.*)%.%d+$") or ""
+end
+
+local function fail(txn, reason)
+  txn.http:res_del_header("fly-replay")
+  txn.http:res_add_header("fly-replay-failed", reason)
+end
+
+local function refuse(txn, status, reason)
+  local body = "fly-replay refused: " .. reason .. "\n"
+  txn:done(txn:reply({
+    status = status,
+    headers = {
+      ["content-type"] = { "text/plain" },
+      ["fly-replay-failed"] = { reason },
+    },
+    body = body,
+  }))
+end
+
+local function candidates(txn, want, backend, source)
+  if want["instance"] then
+    local id = string.gsub(want["instance"], "^.*/", "")
+    id = string.gsub(id, "#", ".")
+    return split_targets(targets:lookup(backend .. "/instance/" .. id), nil)
+  elseif want["region"] then
+    return split_targets(targets:lookup(backend .. "/region/" .. want["region"]), source)
+  elseif want["elsewhere"] == "true" then
+    return split_targets(targets:lookup(backend .. "/any"), source)
+  end
+  return nil
+end
+
+core.register_action("fly_replay", { "http-res" }, function(txn)
+  local header = txn.f:res_hdr("fly-replay") or ""
+  local want = directives(header)
+  local backend = txn.f:be_name()
+  local source = txn.f:srv_name()
+  local list = candidates(txn, want, backend, source)
+  if list == nil then
+    return fail(txn, "unrecognised fly-replay: " .. header)
+  end
+  if #list == 0 then
+    return fail(txn, "no target for " .. header)
+  end
+  local method = txn:get_var("txn.rq_method") or ""
+  local call = methods[method]
+  if call == nil then
+    return fail(txn, "method " .. method .. " cannot be replayed")
+  end
+  local hdrs = txn:get_var("txn.rq_hdrs") or ""
+  local blen = txn:get_var("txn.rq_blen") or 0
+  local bsize = txn:get_var("txn.rq_bsize") or 0
+  local headers = request_headers(hdrs)
+  local chunked = headers["content-length"] == nil and bsize > 0
+  if blen > cap or bsize > cap or blen < bsize or (chunked and #hdrs + blen + 1024 >= room) then
+    return refuse(txn, 413, "request body over the replay limit of " .. cap .. " bytes")
+  end
+  local now = core.now()
+  local src = "instance=" .. (source or "") .. ";region=" .. region_of(source)
+    .. ";t=" .. string.format("%d%06d", now.sec, now.usec)
+  if want["state"] then src = src .. ";state=" .. want["state"] end
+  headers["fly-replay-src"] = { src }
+  local body = txn:get_var("txn.rq_body")
+  local path = txn:get_var("txn.rq_path") or "/"
+  local last = "unreachable"
+  for _, target in ipairs(list) do
+    local client = core.httpclient()
+    local ok, res = pcall(client[call], client, {
+      url = url_of(target, path), headers = headers, body = body, timeout = timeout_ms,
+    })
+    if ok and res and res.status and res.status > 0 then
+      local out = {}
+      for name, values in pairs(res.headers or {}) do
+        local lname = string.lower(name)
+        if not hop_by_hop[lname] and lname ~= "fly-replay" then
+          out[lname] = {}
+          for _, v in pairs(values) do table.insert(out[lname], v) end
+        end
+      end
+      if res.headers and res.headers["fly-replay"] then
+        out["fly-replay-failed"] = { "replayed request asked for another replay" }
+      end
+      local rbody = res.body or ""
+      if #rbody + 4096 >= room then
+        return refuse(txn, 502, "replayed response over the proxy buffer")
+      end
+      return txn:done(txn:reply({ status = res.status, headers = out, body = rbody }))
+    end
+    last = target.name .. " unreachable"
+  end
+  return fail(txn, last)
+end)
