@@ -89,12 +89,16 @@ class Fleet:
         ]
 
     def answer(self, host: str, spec: dict[str, Any], timeout: float = 3) -> str:
+        """What the machine answers, asked from its host's network namespace."""
         port = spec["services"][0]["internal_port"]
         if port == 7000:
             cmd = ["sh", "-c", f"echo ping | timeout {timeout} busybox nc {spec['address']} 7000"]
         else:
             cmd = ["curl", "-s", "-m", str(timeout), f"http://[{spec['address']}]:{port}/"]
-        return self.lab.exec(host, *cmd, check=False).stdout.strip()
+        netns = f"{self.lab.prefix}-h-{host}"
+        return subprocess.run(
+            ["ip", "netns", "exec", netns, *cmd], capture_output=True, text=True, check=False
+        ).stdout.strip()
 
     def edit(self, rel: str, old: str, new: str) -> None:
         path = self.dir / rel
@@ -238,6 +242,7 @@ def test_killed_reconciler_resumes_without_duplicates(fleet: Fleet) -> None:
             break
     os.killpg(proc.pid, signal.SIGKILL)
     proc.wait()
+    proc.stdout.close()
     resumed = fleet.run("apply", str(plan_file), "--state", str(fleet.state), "--yes")
     assert "Apply complete." in resumed.stdout, resumed.stdout[-2000:]
     code, out = fleet.plan_code()
