@@ -13,7 +13,7 @@ from types import FrameType
 from typing import Any
 
 from reconciler.commands import common
-from reconciler.gitops import deploy, jsonlog, status, watch, webhook
+from reconciler.gitops import jsonlog, status
 from reconciler.state import base
 
 
@@ -64,6 +64,8 @@ def _logging(fmt: str) -> None:
 
 
 def watch_cmd(args: argparse.Namespace) -> int:
+    from reconciler.gitops import deploy, watch, webhook  # noqa: PLC0415 - start-up
+
     _logging(args.log_format)
     stop, wake = threading.Event(), threading.Event()
 
@@ -97,6 +99,8 @@ def watch_cmd(args: argparse.Namespace) -> int:
 
 
 def status_cmd(args: argparse.Namespace) -> int:
+    from reconciler.gitops import deploy  # noqa: PLC0415 - start-up
+
     state = base.open_state(args.state, args.fleet)
     try:
         doc = state.get_status(deploy.STATUS_NAME)

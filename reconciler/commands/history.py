@@ -17,7 +17,6 @@ from typing import Any
 from fleet.errors import FleetError
 from reconciler.commands import common
 from reconciler.core import plan as P
-from reconciler.gitops import deploy
 from reconciler.hosts import protocol
 from reconciler.state import base
 
@@ -73,6 +72,8 @@ def history_cmd(args: argparse.Namespace) -> int:
 
 
 def rollback_cmd(args: argparse.Namespace) -> int:
+    from reconciler.gitops import deploy  # noqa: PLC0415 - start-up of the other commands
+
     target = deploy.Target(
         repo=args.fleet,
         subdir="",

@@ -7,7 +7,7 @@ import os
 import sys
 from typing import Any
 
-from reconciler.gitops import deploy, hooks
+from reconciler.gitops import hooks
 
 
 def register(sub: Any) -> None:
@@ -60,6 +60,8 @@ def cmd_install(args: argparse.Namespace) -> int:
 def cmd_run(args: argparse.Namespace) -> int:
     if args.hook == "pre-receive":
         return hooks.pre_receive(args.repo, args.path, sys.stdin, sys.stdout)
+    from reconciler.gitops import deploy  # noqa: PLC0415 - keep pre-receive start-up light
+
     target = deploy.Target(
         repo=args.repo,
         subdir=args.path,

@@ -27,12 +27,14 @@ import sys
 from collections.abc import Iterable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TextIO
+from typing import TYPE_CHECKING, TextIO
 
 from fleet import load as fleet_load
 from fleet.errors import FleetError, ModelErrors
-from reconciler.gitops import deploy
-from reconciler.hosts import protocol
+
+if TYPE_CHECKING:  # the pre-receive hook must start fast: no apply machinery imported
+    from reconciler.gitops import deploy
+    from reconciler.hosts import protocol
 
 ZERO = "0" * 40
 MARKER = "# installed by `reconcile hook install`"
@@ -102,6 +104,8 @@ def post_receive(target: deploy.Target, branch: str, stdin: TextIO, out: TextIO)
     def on_event(host: str, event: protocol.Event) -> None:
         out.write(f"fleet:   {host}: {event.action}: {event.type} {event.message}".rstrip() + "\n")
         out.flush()
+
+    from reconciler.gitops import deploy  # noqa: PLC0415 - see the TYPE_CHECKING import
 
     deploy_ref = f"refs/heads/{branch}"
     code = 0
