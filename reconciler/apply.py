@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import concurrent.futures as cf
 import logging
+import threading
 from collections import defaultdict
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -104,6 +105,7 @@ class _Run:
         self.report = Report(apply_id)
         self.status: dict[str, base.Status] = {}
         self.auto_revert = {r.app: r.auto_revert for r in plan.rollouts}
+        self.stop: threading.Event | None = None
 
     def _client(self, host: str) -> protocol.HostClient:
         return self.clients(host)
@@ -146,6 +148,8 @@ class _Run:
 
     def _blocked(self, step: P.Step) -> str:
         """Why ``step`` can never run in this apply, or ''."""
+        if self.stop is not None and self.stop.is_set():
+            return "stopped: shutdown requested before this step started"
         if step.app in self.report.halted:
             return f"halted: {self.report.halted[step.app]}"
         for dep in step.deps:
@@ -238,13 +242,26 @@ def apply(
     per_host: int = DEFAULT_PER_HOST,
     on_event: EventCallback = _noop_event,
     purpose: str = "",
+    trigger: str = "",
+    held: base.LockInfo | None = None,
+    stop: threading.Event | None = None,
 ) -> Report:
-    """Apply ``plan`` (whose digest is ``apply_id``) under the state lock; return the report."""
-    holder, _, _ = base.me()
-    lock = state.acquire(holder, purpose or f"apply {apply_id[:12]}")
+    """Apply ``plan`` (whose digest is ``apply_id``) under the state lock; return the report.
+
+    ``trigger`` is recorded in the history (who or what asked). A caller that
+    already holds the lock (GitOps plans under it, so that its plan is never
+    stale) passes it as ``held`` and keeps it afterwards. Once ``stop`` is set
+    no new step starts; steps in flight finish and are journaled, the rest are
+    deferred, so the journal stays consistent on shutdown.
+    """
+    lock = held
+    if lock is None:
+        holder, _, _ = base.me()
+        lock = state.acquire(holder, purpose or f"apply {apply_id[:12]}")
     try:
-        state.begin_apply(apply_id, plan.fleet.commit, plan.counts())
-        report = _Run(
+        actions = [f"{c.symbol} {c.address}" for c in plan.changes]
+        state.begin_apply(apply_id, plan.fleet.commit, plan.counts(), trigger, actions)
+        run = _Run(
             plan,
             apply_id,
             clients=clients,
@@ -252,11 +269,14 @@ def apply(
             parallelism=parallelism,
             per_host=per_host,
             on_event=on_event,
-        ).run()
+        )
+        run.stop = stop
+        report = run.run()
         state.finish_apply(apply_id, "ok" if report.ok else "incomplete", report.to_json())
         return report
     finally:
-        state.release(lock.nonce)
+        if held is None:
+            state.release(lock.nonce)
 
 
 def summary_lines(report: Report) -> list[str]:

@@ -13,13 +13,23 @@ from collections.abc import Sequence
 
 import fleet
 from fleet.errors import FleetError, ModelErrors
+from reconciler.commands import gitops as gitops_commands
+from reconciler.commands import history as history_commands
 from reconciler.commands import hook as hook_commands
 from reconciler.commands import hosts as hosts_commands
 from reconciler.commands import lab as lab_commands
 from reconciler.commands import model as model_commands
 from reconciler.commands import plan as plan_commands
 
-GROUPS = [model_commands, plan_commands, hosts_commands, lab_commands, hook_commands]
+GROUPS = [
+    model_commands,
+    plan_commands,
+    hosts_commands,
+    lab_commands,
+    hook_commands,
+    gitops_commands,
+    history_commands,
+]
 
 
 def parser() -> argparse.ArgumentParser:

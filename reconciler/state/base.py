@@ -12,12 +12,10 @@ from __future__ import annotations
 
 import os
 import socket
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from enum import StrEnum
 from typing import Any, Protocol
-
-from fleet.errors import StateError
 
 
 class Status(StrEnum):
@@ -74,14 +72,35 @@ class Backend(Protocol):
     ) -> None: ...
 
     def begin_apply(
-        self, apply_id: str, commit: str | None, summary: Mapping[str, Any]
-    ) -> None: ...
+        self,
+        apply_id: str,
+        commit: str | None,
+        summary: Mapping[str, Any],
+        trigger: str = "",
+        actions: Sequence[str] = (),
+    ) -> None:
+        """Start (or, for the same plan digest, resume) a history record.
+
+        ``trigger`` says who or what asked (``cli: alice@laptop``, ``post-receive:
+        push to refs/heads/main``, ``watch: drift``); ``actions`` are the plan's
+        changes as ``SYMBOL ADDRESS`` lines.
+        """
+        ...
 
     def finish_apply(self, apply_id: str, outcome: str, report: Mapping[str, Any]) -> None: ...
 
     def record_plan(self, digest: str, commit: str | None, summary: Mapping[str, Any]) -> None: ...
 
-    def history(self, limit: int = 20) -> list[dict[str, Any]]: ...
+    def history(self, limit: int = 20) -> list[dict[str, Any]]:
+        """Newest first: apply_id (the plan digest), fleet_commit, started_at, finished_at,
+        outcome, summary, attempts, trigger, actions, report."""
+        ...
+
+    def put_status(self, name: str, doc: Mapping[str, Any]) -> None:
+        """Store a status document (e.g. a watcher's conditions) under ``name``."""
+        ...
+
+    def get_status(self, name: str) -> dict[str, Any] | None: ...
 
     def close(self) -> None: ...
 
@@ -93,12 +112,34 @@ def me() -> tuple[str, str, int]:
     return f"{user}@{host}", host, os.getpid()
 
 
+def default_trigger() -> str:
+    """The trigger recorded when the caller names none: a person at the command line."""
+    return f"cli: {me()[0]}"
+
+
+HISTORY_KEYS = (
+    "apply_id",
+    "fleet_commit",
+    "started_at",
+    "finished_at",
+    "outcome",
+    "summary",
+    "attempts",
+    "trigger",
+    "actions",
+    "report",
+)
+
+
 def open_state(url: str | None, default_dir: str = ".") -> Backend:
-    """The backend for ``url``: a SQLite path (default ``.fleet-state/state.db``)."""
+    """The backend for ``url``: ``postgresql://...`` or a SQLite path (default
+    ``.fleet-state/state.db`` under ``default_dir``)."""
     from reconciler.state import sqlite  # noqa: PLC0415 - keep optional backends lazy
 
     if url and url.startswith(("postgresql://", "postgres://")):
-        raise StateError("the PostgreSQL state backend is not available yet; use a SQLite path")
+        from reconciler.state import postgres  # noqa: PLC0415 - psycopg only when asked for
+
+        return postgres.PostgresBackend(url)
     path = (
         url.removeprefix("sqlite://")
         if url

@@ -17,7 +17,7 @@ import os
 import secrets
 import sqlite3
 import threading
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -40,7 +40,12 @@ CREATE TABLE IF NOT EXISTS applies (
     outcome TEXT, summary TEXT NOT NULL, report TEXT, attempts INTEGER NOT NULL DEFAULT 1);
 CREATE TABLE IF NOT EXISTS plans (
     digest TEXT NOT NULL, fleet_commit TEXT, created_at TEXT NOT NULL, summary TEXT NOT NULL);
+CREATE TABLE IF NOT EXISTS status (
+    name TEXT PRIMARY KEY, doc TEXT NOT NULL, updated_at TEXT NOT NULL);
 """
+
+# Columns added after the first release; an older state file gains them on open.
+ADDED_COLUMNS = {"trigger": "TEXT NOT NULL DEFAULT ''", "actions": "TEXT NOT NULL DEFAULT '[]'"}
 
 
 def _now() -> str:
@@ -68,6 +73,10 @@ class SqliteBackend:
             self._db.execute("PRAGMA journal_mode=WAL")
             self._db.execute("PRAGMA synchronous=FULL")
             self._db.executescript(SCHEMA)
+            have = {r[1] for r in self._db.execute("PRAGMA table_info(applies)")}
+            for column, decl in ADDED_COLUMNS.items():
+                if column not in have:
+                    self._db.execute(f"ALTER TABLE applies ADD COLUMN {column} {decl}")
         except (OSError, sqlite3.Error) as exc:
             raise StateError(f"state store {path}: {exc}") from exc
         self._mutex = threading.Lock()
@@ -176,11 +185,26 @@ class SqliteBackend:
 
     # -------------------------------------------------------------- history
 
-    def begin_apply(self, apply_id: str, commit: str | None, summary: Mapping[str, Any]) -> None:
+    def begin_apply(
+        self,
+        apply_id: str,
+        commit: str | None,
+        summary: Mapping[str, Any],
+        trigger: str = "",
+        actions: Sequence[str] = (),
+    ) -> None:
         self._run(
-            "INSERT INTO applies (apply_id, fleet_commit, started_at, summary) VALUES (?, ?, ?, ?) "
-            "ON CONFLICT(apply_id) DO UPDATE SET attempts = attempts + 1, finished_at = NULL",
-            (apply_id, commit, _now(), json.dumps(dict(summary), sort_keys=True)),
+            "INSERT INTO applies (apply_id, fleet_commit, started_at, summary, trigger, actions) "
+            "VALUES (?, ?, ?, ?, ?, ?) ON CONFLICT(apply_id) DO UPDATE SET "
+            "attempts = attempts + 1, finished_at = NULL, trigger = excluded.trigger",
+            (
+                apply_id,
+                commit,
+                _now(),
+                json.dumps(dict(summary), sort_keys=True),
+                trigger or base.default_trigger(),
+                json.dumps(list(actions)),
+            ),
         )
 
     def finish_apply(self, apply_id: str, outcome: str, report: Mapping[str, Any]) -> None:
@@ -197,20 +221,29 @@ class SqliteBackend:
 
     def history(self, limit: int = 20) -> list[dict[str, Any]]:
         rows = self._run(
-            "SELECT apply_id, fleet_commit, started_at, finished_at, outcome, summary, attempts "
-            "FROM applies ORDER BY started_at DESC LIMIT ?",
+            "SELECT apply_id, fleet_commit, started_at, finished_at, outcome, summary, attempts, "
+            "trigger, actions, report FROM applies ORDER BY started_at DESC, rowid DESC LIMIT ?",
             (limit,),
         )
-        keys = (
-            "apply_id",
-            "fleet_commit",
-            "started_at",
-            "finished_at",
-            "outcome",
-            "summary",
-            "attempts",
+        out = []
+        for r in rows:
+            rec = dict(zip(base.HISTORY_KEYS, r, strict=True))
+            for key in ("summary", "actions", "report"):
+                rec[key] = json.loads(rec[key]) if rec[key] is not None else None
+            out.append(rec)
+        return out
+
+    # -------------------------------------------------------------- status
+
+    def put_status(self, name: str, doc: Mapping[str, Any]) -> None:
+        self._run(
+            "INSERT OR REPLACE INTO status VALUES (?, ?, ?)",
+            (name, json.dumps(dict(doc), sort_keys=True), _now()),
         )
-        return [dict(zip(keys, r, strict=True)) for r in rows]
+
+    def get_status(self, name: str) -> dict[str, Any] | None:
+        rows = self._run("SELECT doc FROM status WHERE name=?", (name,))
+        return dict(json.loads(rows[0][0])) if rows else None
 
     def close(self) -> None:
         with self._mutex:
