@@ -200,6 +200,26 @@ def time_runs(name: str, fn: Callable[[], object], runs: int, warmup: int = 1) -
     return t
 
 
+def time_interleaved(variants: Sequence[tuple[str, Callable[[], object], int]]) -> list[Timing]:
+    """Round-robin timing of (name, fn, runs): on a shared, noisy machine a burst of
+    load then hits every variant alike instead of one of them."""
+    timings = [Timing(name) for name, _, _ in variants]
+    for r in range(max(runs for _, _, runs in variants)):
+        for (_, fn, runs), t in zip(variants, timings, strict=True):
+            if r < runs:
+                start = time.perf_counter()
+                fn()
+                t.runs.append(time.perf_counter() - start)
+    return timings
+
+
+def loadavg() -> str:
+    try:
+        return " ".join(Path("/proc/loadavg").read_text().split()[:3])
+    except OSError:
+        return "?"
+
+
 def report(n: int, ours: Timing, others: Sequence[Timing], extra: Sequence[Timing]) -> list[str]:
     """The lines printed at the end: every timing, then our ratio against each baseline."""
 
@@ -288,7 +308,15 @@ def benchmark(args: argparse.Namespace, work: Path, lab_dir: Path) -> list[str]:
     hosts = bench_hosts(args.hosts)
     fleet_dir = write_fleet(work / "fleet", hosts)
     env = {**os.environ, "FLEET_LAB_DIR": str(lab_dir)}
-    for var in ("FLEET_SSH_KEY", "FLEET_KNOWN_HOSTS", "FLEET_SSH_NETNS", "FLEET_HOSTS"):
+    # Our own settings must not steer the run; and the project is installed
+    # editable here, so let Python cache its bytecode as an installed wheel has it.
+    for var in (
+        "FLEET_SSH_KEY",
+        "FLEET_KNOWN_HOSTS",
+        "FLEET_SSH_NETNS",
+        "FLEET_HOSTS",
+        "PYTHONDONTWRITEBYTECODE",
+    ):
         env.pop(var, None)
     reconcile = tool("reconcile")
     key, known_hosts = lab_dir / "id_ed25519", lab_dir / "known_hosts"
@@ -316,31 +344,34 @@ def benchmark(args: argparse.Namespace, work: Path, lab_dir: Path) -> list[str]:
     check_pyinfra(run(pyinfra_argv, env, work), hosts)
     check_ansible(run(subset_argv, ansible_env, work), hosts)
 
-    ours = time_runs("reconcile observe (CLI)", lambda: run(observe_argv, env, work), args.runs)
-    others = [
-        time_runs(
-            "pyinfra fact (5 facts)", lambda: run(pyinfra_argv, env, work), args.runs, warmup=0
-        ),
-        time_runs(
+    variants: list[tuple[str, Callable[[], object], int]] = [
+        ("reconcile observe (CLI)", lambda: run(observe_argv, env, work), args.runs),
+        ("pyinfra fact (5 facts)", lambda: run(pyinfra_argv, env, work), args.runs),
+        (
             "ansible -m setup (platform,hardware)",
             lambda: run(subset_argv, ansible_env, work),
             args.ansible_runs,
-            warmup=0,
         ),
     ]
     if args.ansible_full:
-        others.append(
-            time_runs(
+        variants.append(
+            (
                 "ansible -m setup (all facts)",
                 lambda: run(ansible_argv, ansible_env, work),
                 args.ansible_runs,
-                warmup=0,
             )
         )
+    load_before = loadavg()
+    ours, *others = time_interleaved(variants)
     extra = in_process(fleet_dir, key, known_hosts, args.runs)
-    netns_exec = time_runs("ip netns exec (pyinfra and ansible pay it)",
-                           lambda: run([*in_ns, "true"], env, work), args.runs)  # fmt: skip
-    return report(len(hosts), ours, others, [*extra, netns_exec])
+    netns_exec = time_runs(
+        "ip netns exec (pyinfra and ansible pay it)",
+        lambda: run([*in_ns, "true"], env, work),
+        args.runs,
+    )
+    lines = report(len(hosts), ours, others, [*extra, netns_exec])
+    lines.append(f"load average before / after timing: {load_before} / {loadavg()} (2 cores)")
+    return lines
 
 
 def in_process(fleet_dir: Path, key: Path, known_hosts: Path, runs: int) -> list[Timing]:
@@ -364,10 +395,20 @@ def in_process(fleet_dir: Path, key: Path, known_hosts: Path, runs: int) -> list
         with ssh.SSHPool(credentials, policy, options) as pool:
             once(pool)
 
+    first = min(fleet.hosts.values(), key=lambda h: h.name)
     cold = time_runs("observe_all, new connections", fresh, runs)
     with ssh.SSHPool(credentials, policy, options) as pool:
         warm = time_runs("observe_all, reused connections", lambda: once(pool), runs)
-    return [cold, warm]
+        one = time_runs(
+            f"one host ({first.name}): fleet-agent observe, reused",
+            lambda: agentclient.AgentClient(first, pool.get(first)).observe(),
+            runs,
+        )
+        conn = pool.get(first)
+        shell = time_runs(
+            f"one host ({first.name}): `true`, reused", lambda: conn.exec("true"), runs
+        )
+    return [cold, warm, one, shell]
 
 
 def main(argv: Sequence[str] | None = None) -> int:
