@@ -238,17 +238,45 @@ def _sshd_config(paths: Paths, host: topology.LabHost, d: Path) -> str:
     )
 
 
+CREATED_DIRS = "created-dirs"  # machine directories the lab made (mount points), one a line
+
+
+def _mountpoint(paths: Paths, target: Path) -> None:
+    """Make a directory the lab needs on the machine, remembering that we made it."""
+    if target.exists():
+        return
+    target.mkdir(parents=True)
+    with (paths.root / CREATED_DIRS).open("a") as f:
+        f.write(f"{target}\n")
+
+
+def _remove_created_dirs(paths: Paths) -> list[str]:
+    """Remove the (empty) directories this lab made, unless another lab still runs."""
+    record = paths.root / CREATED_DIRS
+    if not record.exists():
+        return []
+    others = [n for n in _all_namespaces() if n.endswith("-mgmt")]
+    if others:
+        return []
+    removed = []
+    for line in reversed(record.read_text().splitlines()):
+        with contextlib.suppress(OSError):
+            Path(line).rmdir()
+            removed.append(line)
+    return removed
+
+
 def _start_sshd(paths: Paths, host: topology.LabHost) -> int:
     d = paths.host_dir(host.name)
     binds = []
     for target in HOST_BINDS:
-        Path(target).mkdir(parents=True, exist_ok=True)
+        _mountpoint(paths, Path(target))
         binds.append(f"mount --bind {d / target.strip('/').replace('/', '_')} {target}")
     empty = paths.root / "empty"
     empty.touch()
     if Path("/root/.bashrc").exists():
         binds.append(f"mount --bind {empty} /root/.bashrc")
-    Path("/run/sshd").mkdir(parents=True, exist_ok=True)
+    _mountpoint(paths, Path("/run/sshd"))
     script = " && ".join(
         [*binds, f"hostname {host.name}", f"exec {SSHD} -D -e -f {d / 'sshd_config'}"]
     )
@@ -356,10 +384,13 @@ def up(topo: Topology, paths: Paths) -> dict[str, Any]:
         raise
 
 
-def _existing_namespaces() -> list[str]:
+def _all_namespaces() -> list[str]:
     out = run(["ip", "netns", "list"], check=False)
-    names = [line.split()[0] for line in out.splitlines() if line.strip()]
-    return [n for n in names if n.startswith(f"{PREFIX}-")]
+    return [line.split()[0] for line in out.splitlines() if line.strip()]
+
+
+def _existing_namespaces() -> list[str]:
+    return [n for n in _all_namespaces() if n.startswith(f"{PREFIX}-")]
 
 
 def _pids_in(netns: str) -> list[int]:
@@ -417,6 +448,7 @@ def down(paths: Paths) -> list[str]:
     if Path(f"/sys/class/net/{ROOT_LINK}").exists():
         run(["ip", "link", "del", ROOT_LINK], check=False)
         removed.append(ROOT_LINK)
+    removed += _remove_created_dirs(paths)
     if paths.root.exists():
         shutil.rmtree(paths.root, ignore_errors=True)
         removed.append(str(paths.root))
