@@ -79,6 +79,9 @@ class SSHOptions:
     # up on dies there too (sshd refuses "signal" requests on root sessions).
     remote_kill: bool = True
     remote_kill_grace: float = 1.0
+    # Channels open at once on one connection: sshd refuses sessions past its
+    # MaxSessions (10 by default), so more callers wait here instead of failing.
+    max_sessions: int = 8
     # Connect from inside this network namespace (the local lab's management
     # namespace); None: the reconciler's own namespace.
     netns: str | None = None
@@ -257,6 +260,7 @@ class SSHConnection:
         self._policy = policy
         self.options = options or SSHOptions()
         self._lock = threading.Lock()
+        self._sessions = threading.BoundedSemaphore(max(1, self.options.max_sessions))
         self._transport: paramiko.Transport | None = None
         self.host_key: hostkeys.PublicKey | None = None
         self.connects = 0  # how many TCP connections this object opened
@@ -402,6 +406,18 @@ class SSHConnection:
         on_line: LineCallback | None = None,
         timeout: float | None = None,
     ) -> ExecResult:
+        """Run ``command`` through the remote login shell and wait for it (see ``_exec``)."""
+        with self._sessions:
+            return self._exec(command, stdin=stdin, on_line=on_line, timeout=timeout)
+
+    def _exec(
+        self,
+        command: str,
+        *,
+        stdin: bytes | None,
+        on_line: LineCallback | None,
+        timeout: float | None,
+    ) -> ExecResult:
         """Run ``command`` through the remote login shell and wait for it.
 
         ``stdin`` is sent and then closed (EOF). Each complete stdout line is
@@ -530,6 +546,11 @@ class SSHConnection:
     # -- files --------------------------------------------------------------
 
     def upload(self, data: bytes | Path, remote_path: str, *, mode: int = 0o644) -> None:
+        """Write ``data`` to ``remote_path`` atomically (see ``_upload``)."""
+        with self._sessions:
+            self._upload(data, remote_path, mode=mode)
+
+    def _upload(self, data: bytes | Path, remote_path: str, *, mode: int) -> None:
         """Write ``data`` (bytes, or a local file) to ``remote_path`` atomically.
 
         It goes to a temporary name in the same directory, gets ``mode``, and is
