@@ -35,7 +35,7 @@ Json = Any
 OBSERVE_TIMEOUT_S = 60.0
 APPLY_TIMEOUT_S = 3600.0
 OBSERVE_PORT = 7930  # hostagent.config.OBSERVE_PORT: the supervisor's loopback port
-PORT_TIMEOUT_S = 10.0  # opening the channel, and then the answer
+PORT_TIMEOUT_S = 10.0  # a free channel slot, opening the channel, sending the request
 PORT_RETRY_S = 60.0
 
 
