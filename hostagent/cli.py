@@ -46,6 +46,9 @@ def _parser() -> argparse.ArgumentParser:
     serve = sub.add_parser("serve", help="supervise this host's machines (long-running)")
     serve.add_argument("--log-format", choices=["text", "json"], default="text")
     serve.add_argument("--interval", type=float, default=1.0, help="seconds between passes")
+    serve.add_argument("--observe-port", type=int, default=None, metavar="PORT",
+                       help="answer observe on 127.0.0.1:PORT (default: agent.json's "
+                       "observe_port, else 7930; 0: off)")  # fmt: skip
     machine = sub.add_parser("machine", help="run microVMs on this host by hand")
     msub = machine.add_subparsers(dest="machine_command", required=True)
 
@@ -175,7 +178,12 @@ def main(argv: Sequence[str] | None = None) -> int:
         return service.request(data_dir, args.command)
     try:
         if args.command == "serve":
-            return service.serve(data_dir, log_format=args.log_format, interval=args.interval)
+            return service.serve(
+                data_dir,
+                log_format=args.log_format,
+                interval=args.interval,
+                observe_port=args.observe_port,
+            )
         mgr = machines.MachineManager(Path(args.data_dir))
         cmd = args.machine_command
         if cmd == "run":

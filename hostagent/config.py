@@ -19,6 +19,8 @@ from fleet.errors import FleetError
 
 DEFAULT_DIR = Path(os.environ.get("FLEET_AGENT_DATA", "/var/lib/fleet-agent"))
 CONFIG_FILE = "agent.json"
+# The supervisor's loopback observe port (hostagent/listener.py); 0 turns it off.
+OBSERVE_PORT = 7930
 
 
 @dataclass(frozen=True, slots=True)
@@ -31,6 +33,7 @@ class Config:
     insecure_registries: tuple[str, ...] = ()
     # Labs and tests only: boot GPU machines without a GPU instead of refusing them.
     simulate_gpus: bool = False
+    observe_port: int = OBSERVE_PORT
 
     @property
     def inventory_dir(self) -> Path:
@@ -61,7 +64,14 @@ def load(data_dir: Path = DEFAULT_DIR) -> Config:
         gpus={str(k): int(v) for k, v in (raw.get("gpus") or {}).items()},
         insecure_registries=tuple(str(h) for h in raw.get("insecure_registries") or ()),
         simulate_gpus=bool(raw.get("simulate_gpus", False)),
+        observe_port=_port(path, raw.get("observe_port", OBSERVE_PORT)),
     )
+
+
+def _port(path: Path, value: Any) -> int:
+    if isinstance(value, bool) or not isinstance(value, int) or not 0 <= value <= 65535:
+        raise ConfigError(f"{path}: 'observe_port' must be a TCP port, or 0 for none")
+    return value
 
 
 def save(config: Config) -> Path:
@@ -77,6 +87,7 @@ def save(config: Config) -> Path:
                 "gpus": config.gpus,
                 "insecure_registries": list(config.insecure_registries),
                 "simulate_gpus": config.simulate_gpus,
+                "observe_port": config.observe_port,
                 "agent_version": hostagent.__version__,
             },
             indent=2,

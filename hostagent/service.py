@@ -17,7 +17,7 @@ from pathlib import Path
 import hostagent
 from hostagent import config as config_mod
 from hostagent import handlers as H
-from hostagent import images, machines, supervisor, wire
+from hostagent import images, listener, machines, supervisor, wire
 from hostagent.agent import Agent, Facts
 from hostagent.inventory import Inventory
 from providers.images import store
@@ -75,7 +75,17 @@ class JsonFormatter(logging.Formatter):
         )
 
 
-def serve(data_dir: Path, *, log_format: str = "text", interval: float = 1.0) -> int:
+def serve(
+    data_dir: Path,
+    *,
+    log_format: str = "text",
+    interval: float = 1.0,
+    observe_port: int | None = None,
+) -> int:
+    """Supervise until SIGTERM/SIGINT; answer observe on the loopback port meanwhile.
+
+    ``observe_port`` overrides the config's (``0``: no port).
+    """
     handler = logging.StreamHandler()
     if log_format == "json":
         handler.setFormatter(JsonFormatter())
@@ -89,5 +99,11 @@ def serve(data_dir: Path, *, log_format: str = "text", interval: float = 1.0) ->
     stop = threading.Event()
     for sig in (signal.SIGTERM, signal.SIGINT):
         signal.signal(sig, lambda *_: stop.set())
-    sup.run(stop, interval)
+    port = cfg.observe_port if observe_port is None else observe_port
+    observer = listener.start(agent, address=listener.DEFAULT_ADDRESS, port=port) if port else None
+    try:
+        sup.run(stop, interval)
+    finally:
+        if observer is not None:
+            observer.close()
     return 0

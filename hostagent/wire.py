@@ -6,6 +6,9 @@ object on stdin. ``observe`` answers with one JSON line; ``apply`` writes
 line. A request the agent cannot serve at all (wrong protocol version, wrong
 host, bad JSON) gets one ``{"error": {"type": ..., "message": ...}}`` line and
 exit status 1. See docs/protocol.md.
+
+:func:`observe_line` is the same observe answer for a request that arrived
+as one line on the supervisor's observe port (:mod:`hostagent.listener`).
 """
 
 from __future__ import annotations
@@ -20,9 +23,13 @@ from hostagent.config import ConfigError
 
 
 def _error(out: IO[str], type_: str, message: str) -> int:
-    out.write(json.dumps({"error": {"type": type_, "message": message}}) + "\n")
+    out.write(_error_line(type_, message))
     out.flush()
     return 1
+
+
+def _error_line(type_: str, message: str) -> str:
+    return json.dumps({"error": {"type": type_, "message": message}}) + "\n"
 
 
 def _read(stdin: IO[str]) -> Any:
@@ -58,3 +65,20 @@ def serve_request(
         return _error(out, "config", str(exc))
     out.flush()
     return 0
+
+
+def observe_line(make_agent: Callable[[], Agent], request: bytes) -> str:
+    """The answer line (newline-terminated) to one observe request line."""
+    text = request.decode("utf-8", "replace")
+    if not text.endswith("\n"):
+        return _error_line("request", "the request must be one JSON line, ended by a newline")
+    try:
+        body = json.loads(text) if text.strip() else {}
+    except ValueError as exc:
+        return _error_line("request", f"the request is not JSON: {exc}")
+    try:
+        return json.dumps(make_agent().observe(body)) + "\n"
+    except AgentError as exc:
+        return _error_line(exc.type, str(exc))
+    except ConfigError as exc:
+        return _error_line("config", str(exc))

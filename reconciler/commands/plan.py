@@ -1,4 +1,4 @@
-"""`reconcile plan`, `apply`, `observe`, `force-unlock`: thin wrappers over the library.
+"""`reconcile plan`, `apply`, `force-unlock`: thin wrappers over the library.
 
 ``plan`` and ``apply`` share one path (load -> observe -> plan -> render); a
 dry run is the plan itself. ``apply PLANFILE`` executes a saved plan exactly.
@@ -8,8 +8,6 @@ from __future__ import annotations
 
 import argparse
 import datetime as dt
-import json
-import os
 import sys
 import threading
 from pathlib import Path
@@ -21,9 +19,10 @@ from reconciler import apply as apply_mod
 from reconciler import gcpause
 from reconciler import observe as observe_mod
 from reconciler.commands import common
+from reconciler.commands import observe as observe_commands
 from reconciler.core import observed, planfile, planner, render
 from reconciler.core import plan as P
-from reconciler.hosts import factory, protocol
+from reconciler.hosts import protocol
 from reconciler.state import base as state_base
 
 
@@ -48,12 +47,6 @@ def register(sub: Any) -> None:
     p.add_argument("--allow-dirty", action="store_true", help="apply a plan of a dirty work tree")
     p.set_defaults(func=apply_cmd)
 
-    p = sub.add_parser("observe", help="ask every host for its inventory")
-    common.add_fleet_options(p)
-    _hosts_option(p)
-    p.add_argument("--save", metavar="FILE", help="write the snapshot (for plan --observed)")
-    p.set_defaults(func=observe_cmd)
-
     p = sub.add_parser("force-unlock", help="break the apply lock of a dead apply")
     p.add_argument("nonce", metavar="NONCE")
     common.add_fleet_options(p)
@@ -61,19 +54,9 @@ def register(sub: Any) -> None:
     p.set_defaults(func=force_unlock_cmd)
 
 
-def _hosts_option(p: argparse.ArgumentParser) -> None:
-    p.add_argument(
-        "--hosts",
-        default=None,
-        metavar="SPEC",
-        help="host transport for development: memory:PATH (in-process hosts kept in PATH); "
-        "default: $FLEET_HOSTS, else SSH",
-    )
-
-
 def _plan_options(p: argparse.ArgumentParser) -> None:
     common.add_state_options(p)
-    _hosts_option(p)
+    observe_commands.add_hosts_option(p)
     p.add_argument("--observed", metavar="FILE", help="plan against a saved snapshot")
     p.add_argument("--target", action="append", default=[], metavar="ADDR")
     p.add_argument("--exclude", action="append", default=[], metavar="ADDR")
@@ -87,15 +70,6 @@ def _plan_options(p: argparse.ArgumentParser) -> None:
 
 def _now() -> str:
     return dt.datetime.now(dt.UTC).isoformat(timespec="seconds").replace("+00:00", "Z")
-
-
-def _factory(args: argparse.Namespace) -> factory.Factory:
-    return factory.from_option(
-        args.hosts or os.environ.get("FLEET_HOSTS"),
-        ssh_key=getattr(args, "ssh_key", None),
-        known_hosts=getattr(args, "known_hosts", None),
-        fleet_dir=getattr(args, "fleet", None),
-    )
 
 
 def make_plan(args: argparse.Namespace) -> P.Plan:
@@ -113,7 +87,7 @@ def _make_plan(args: argparse.Namespace) -> P.Plan:
             raise FleetError(f"{args.observed}: {exc.strerror}") from exc
         snap = observed.loads(text, args.observed)
     else:
-        snap = observe_mod.observe_all(loaded.fleet, _factory(args))
+        snap = observe_mod.observe_all(loaded.fleet, observe_commands.host_factory(args))
     options = P.Options(
         targets=tuple(args.target),
         excludes=tuple(args.exclude),
@@ -166,7 +140,7 @@ def apply_cmd(args: argparse.Namespace) -> int:
             print("Apply cancelled.")
             return 1
     loaded = fleet_load.load(args.fleet, args.ref)
-    make_client = _factory(args)
+    make_client = observe_commands.host_factory(args)
     clients: dict[str, protocol.HostClient] = {}
     for name, host in loaded.fleet.hosts.items():
         clients[name] = make_client(host)
@@ -199,20 +173,6 @@ def apply_cmd(args: argparse.Namespace) -> int:
         print(line)
     print("Apply complete." if report.ok else "Apply incomplete: see above.")
     return 0 if report.ok else 1
-
-
-def observe_cmd(args: argparse.Namespace) -> int:
-    loaded = fleet_load.load(args.fleet, args.ref)
-    snap = observe_mod.observe_all(loaded.fleet, _factory(args))
-    if args.save:
-        Path(args.save).write_text(observed.dumps(snap))
-    else:
-        json.dump(observed.snapshot_to_json(snap), sys.stdout, indent=1, sort_keys=True)
-        print()
-    down = [h for h, o in sorted(snap.hosts.items()) if not o.reachable]
-    for h in down:
-        print(f"warning: host {h} not observed: {snap.hosts[h].error}", file=sys.stderr)
-    return 0
 
 
 def force_unlock_cmd(args: argparse.Namespace) -> int:

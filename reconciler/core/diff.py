@@ -12,8 +12,6 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
 
-import deepdiff
-
 from fleet.errors import PlanError
 from providers import resources
 
@@ -52,6 +50,10 @@ def diff(
 ) -> tuple[DiffItem, ...]:
     """Every changed leaf between ``before`` and ``after``, in path order."""
     rules = resources.rules(kind)
+    # Imported here, not on top: ~60 ms that every `reconcile` command touching
+    # plan types (observe, --help of plan) would pay, for a diff few runs need.
+    import deepdiff  # noqa: PLC0415
+
     try:
         result = deepdiff.DeepDiff(
             dict(before), dict(after), view="tree", threshold_to_diff_deeper=0

@@ -5,18 +5,27 @@ goes in on stdin, JSON lines come back (docs/protocol.md). Events are passed on
 as they arrive, so `reconcile apply` shows a machine booting while it boots.
 Everything the agent can say goes through here into our error tree: an agent
 that is not installed, a protocol mismatch, a broken answer.
+
+``observe`` first asks the host's running supervisor on its loopback observe
+port (``fleet-agent serve``, port 7930), through a ``direct-tcpip`` channel on
+the same SSH connection: no new Python process on the host. Whenever that does
+not give a valid answer (no supervisor, forwarding disabled, an old agent, a
+broken answer) it falls back to ``fleet-agent observe`` on an exec channel,
+which stays the authority; after a failure the port is left alone for
+``PORT_RETRY_S``. See docs/protocol.md, "The observe port".
 """
 
 from __future__ import annotations
 
 import json
 import logging
+import time
 import uuid
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from typing import Any
 
 from fleet import model
-from fleet.errors import HostError, ProtocolError
+from fleet.errors import FleetError, HostError, ProtocolError
 from reconciler.core import observed
 from reconciler.hosts import bootstrap, protocol, ssh
 
@@ -25,15 +34,30 @@ Json = Any
 
 OBSERVE_TIMEOUT_S = 60.0
 APPLY_TIMEOUT_S = 3600.0
+OBSERVE_PORT = 7930  # hostagent.config.OBSERVE_PORT: the supervisor's loopback port
+PORT_TIMEOUT_S = 10.0  # a free channel slot, opening the channel, sending the request
+PORT_RETRY_S = 60.0
 
 
 class AgentClient:
     """One host reached over SSH."""
 
-    def __init__(self, host: model.Host, conn: ssh.SSHConnection, agent: str = bootstrap.AGENT):
+    def __init__(
+        self,
+        host: model.Host,
+        conn: ssh.SSHConnection,
+        agent: str = bootstrap.AGENT,
+        *,
+        observe_port: int | None = OBSERVE_PORT,
+        clock: Callable[[], float] = time.monotonic,
+    ):
         self.host = host
         self.conn = conn
         self.agent = agent
+        self.observe_port = observe_port  # None: always exec
+        self.clock = clock
+        self._port_down_until = 0.0
+        self.last_observe_via = ""  # "port" or "exec", for logs and tests
 
     @property
     def name(self) -> str:
@@ -70,6 +94,35 @@ class AgentClient:
             )
 
     def observe(self) -> observed.HostObservation:
+        if self.observe_port is not None and self.clock() >= self._port_down_until:
+            # Connection failures are not the port's: they surface here, as on exec,
+            # instead of costing a second round of connect retries there.
+            self.conn.connect()
+            try:
+                found = self._observe_port(self.observe_port)
+            except FleetError as exc:
+                self._port_down_until = self.clock() + PORT_RETRY_S
+                log.debug("%s: observe port: %s; falling back to exec", self.name, exc)
+            else:
+                self.last_observe_via = "port"
+                return found
+        self.last_observe_via = "exec"
+        return self._observe_exec()
+
+    def _observe_port(self, port: int) -> observed.HostObservation:
+        with self.conn.open_tcp("127.0.0.1", port, timeout=PORT_TIMEOUT_S) as chan:
+            chan.sendall(self._request() + b"\n", timeout=PORT_TIMEOUT_S)
+            line = chan.read_line(timeout=OBSERVE_TIMEOUT_S)
+        try:
+            raw = json.loads(line)
+        except ValueError as exc:
+            raise ProtocolError(self.name, f"observe port answer is not JSON: {exc}") from exc
+        if isinstance(raw, dict) and isinstance(raw.get("error"), dict):
+            message = str(raw["error"].get("message", "error"))
+            raise HostError(self.name, f"observe port: {message}", action="observe")
+        return observed.host_from_json(raw, expect_host=self.name)
+
+    def _observe_exec(self) -> observed.HostObservation:
         result = self.conn.exec(
             f"{self.agent} observe", stdin=self._request(), timeout=OBSERVE_TIMEOUT_S
         )

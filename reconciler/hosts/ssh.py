@@ -11,6 +11,9 @@ This is the only module that imports paramiko. It exists to give the real
   ``KILL`` to the remote process group and closes the channel.
 * :meth:`SSHConnection.upload` writes a file by SFTP atomically (temp name,
   chmod, ``posix-rename``).
+* :meth:`SSHConnection.open_tcp` opens a TCP connection from the host to an
+  address the host can reach (``direct-tcpip``, what ``ssh -L`` uses), over
+  the same SSH connection: the agent's loopback observe port.
 * Errors arrive as our own tree: network, timeout, protocol and EOF failures
   are :class:`fleet.errors.HostUnreachable` (retryable); a refused login is a
   permanent :class:`fleet.errors.HostError`; a key that is not pinned is
@@ -543,6 +546,41 @@ class SSHConnection:
             log.debug("host %s: could not send KILL", self.host, exc_info=True)
         chan.close()
 
+    # -- forwarded TCP ------------------------------------------------------
+
+    def open_tcp(self, address: str, port: int, *, timeout: float | None = None) -> TCPChannel:
+        """A TCP connection made by the host's sshd to ``address:port`` (``direct-tcpip``).
+
+        Counts against ``max_sessions`` until closed. Raises
+        :class:`~fleet.errors.HostError` (not retryable) when sshd cannot or
+        may not connect there (nothing listens, forwarding disabled), and
+        :class:`~fleet.errors.HostUnreachable` when the SSH connection fails.
+        No retries: callers have a slower way to the same answer.
+        """
+        limit = self.options.connect_timeout if timeout is None else timeout
+        if not self._sessions.acquire(timeout=limit):
+            raise errors.HostUnreachable(self.host, f"no free channel within {limit:g}s")
+        try:
+            transport = self._ensure()
+            try:
+                chan = transport.open_channel(
+                    "direct-tcpip", (address, port), ("127.0.0.1", 0), timeout=limit
+                )
+            except paramiko.ChannelException as exc:  # the server answered: no
+                raise errors.HostError(
+                    self.host, f"cannot reach {address}:{port} on the host: {exc.text}"
+                ) from exc
+            except (OSError, EOFError, paramiko.SSHException) as exc:
+                if not transport.is_active():
+                    self._drop(transport)
+                raise _transient(
+                    self.host, f"cannot open a channel to {address}:{port}", exc
+                ) from exc
+        except BaseException:
+            self._sessions.release()
+            raise
+        return TCPChannel(self.host, chan, self._sessions.release)
+
     # -- files --------------------------------------------------------------
 
     def upload(self, data: bytes | Path, remote_path: str, *, mode: int = 0o644) -> None:
@@ -589,6 +627,55 @@ class SSHConnection:
         else:
             with open(data, "rb") as fo:
                 yield fo
+
+
+class TCPChannel:
+    """A byte stream to a port on the host, tunnelled over SSH; close it when done."""
+
+    def __init__(self, host: str, chan: paramiko.Channel, release: Callable[[], None]) -> None:
+        self.host = host
+        self._chan = chan
+        self._release: Callable[[], None] | None = release
+
+    def sendall(self, data: bytes, *, timeout: float) -> None:
+        try:
+            self._chan.settimeout(timeout)
+            self._chan.sendall(data)
+        except (OSError, EOFError, paramiko.SSHException) as exc:
+            raise _transient(self.host, "forwarded connection lost while sending", exc) from exc
+
+    def read_line(self, *, timeout: float, limit: int = 64 << 20) -> bytes:
+        """Bytes up to and including the first newline (or to EOF), within ``timeout``."""
+        deadline = time.monotonic() + timeout
+        buf = bytearray()
+        try:
+            while b"\n" not in buf:
+                remaining = deadline - time.monotonic()
+                if remaining <= 0:
+                    raise errors.HostUnreachable(self.host, f"no answer within {timeout:g}s")
+                self._chan.settimeout(remaining)
+                data = self._chan.recv(65536)
+                if not data:
+                    break
+                buf += data
+                if len(buf) > limit:
+                    raise errors.ProtocolError(self.host, f"answer longer than {limit} bytes")
+        except (OSError, EOFError, paramiko.SSHException) as exc:
+            raise _transient(self.host, "forwarded connection lost while reading", exc) from exc
+        line, sep, _ = bytes(buf).partition(b"\n")
+        return line + sep
+
+    def close(self) -> None:
+        self._chan.close()
+        release, self._release = self._release, None
+        if release is not None:
+            release()
+
+    def __enter__(self) -> TCPChannel:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
 
 
 class SSHPool:

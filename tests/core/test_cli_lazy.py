@@ -1,0 +1,74 @@
+"""`reconcile` imports only the module of the command it runs; the table stays true."""
+
+from __future__ import annotations
+
+import argparse
+import importlib
+import subprocess
+import sys
+
+import pytest
+
+from reconciler import cli
+
+
+def _registered() -> dict[str, tuple[str, str]]:
+    """Command -> (module, help) as the command modules themselves register them."""
+    found: dict[str, tuple[str, str]] = {}
+    for module in dict.fromkeys(c.module for c in cli.COMMANDS):
+        sub = argparse.ArgumentParser().add_subparsers()
+        importlib.import_module(module).register(sub)
+        for action in sub._choices_actions:
+            found[action.dest] = (module, str(action.help))
+    return found
+
+
+def test_the_table_matches_what_the_modules_register() -> None:
+    table = {c.name: (c.module, c.help) for c in cli.COMMANDS}
+    assert table == _registered()
+
+
+def test_a_modules_commands_are_together_in_the_table() -> None:
+    modules = [c.module for c in cli.COMMANDS]
+    runs = [m for i, m in enumerate(modules) if i == 0 or modules[i - 1] != m]
+    assert len(runs) == len(set(runs))
+
+
+@pytest.mark.parametrize(
+    ("argv", "command"),
+    [
+        (["observe", "--fleet", "x"], "observe"),
+        (["-v", "plan"], "plan"),
+        (["-h"], None),
+        ([], None),
+    ],
+)
+def test_chosen(argv: list[str], command: str | None) -> None:
+    assert cli.chosen(argv) == command
+
+
+def test_observe_imports_neither_the_planner_nor_other_commands() -> None:
+    code = (
+        "import sys; from reconciler import cli; cli.parser(['observe']); "
+        "print(' '.join(sorted(m for m in sys.modules if m.startswith('reconciler'))))"
+    )
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    loaded = set(out.stdout.split())
+    assert "reconciler.commands.observe" in loaded
+    for absent in ("reconciler.commands.plan", "reconciler.commands.hosts",
+                   "reconciler.commands.gitops", "reconciler.core.planner",
+                   "reconciler.core.render", "reconciler.apply"):  # fmt: skip
+        assert absent not in loaded
+
+
+def test_help_lists_every_command_without_importing_them() -> None:
+    code = (
+        "import sys; from reconciler import cli; text = cli.parser([]).format_help(); "
+        "print(sorted(m for m in sys.modules if m.startswith('reconciler.commands.'))); "
+        "print(text)"
+    )
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    first, _, text = out.stdout.partition("\n")
+    assert first == "[]"
+    for c in cli.COMMANDS:
+        assert c.name in text
