@@ -250,6 +250,74 @@ def _resource(rd: _Reader, raw: Json, path: str) -> Resource:
     )
 
 
+_KINDS: Mapping[str, resources.Kind] = {k.value: k for k in resources.Kind}
+_STATES: Mapping[str, RunState] = {s.value: s for s in RunState}
+_HEALTHS: Mapping[str, Health] = {h.value: h for h in Health}
+
+
+def _resource_fast(raw: Json) -> Resource | None:
+    """``_resource`` for a well-formed answer as ``json.loads`` gives it; None otherwise.
+
+    A snapshot holds tens of thousands of resources: this checks the exact types
+    ``json.loads`` produces with a few ``type() is`` tests instead of a generic
+    checker per field. Anything unusual (a missing key, a subclass, an unknown
+    enum value) returns None and the caller takes the slow path, which names the
+    JSON path of the error, so results and errors are those of ``_resource``.
+    """
+    if type(raw) is not dict:
+        return None
+    get = raw.get
+    kind = _KINDS.get(get("kind")) if type(get("kind")) is str else None
+    rid = get("id")
+    owner = get("owner")
+    tag = get("etag")
+    spec = get("spec")
+    status_raw = get("status")
+    actual = get("actual")
+    if (
+        kind is None
+        or type(rid) is not str
+        or type(owner) is not str
+        or type(tag) is not str
+        or type(spec) is not dict
+        or (actual is not None and type(actual) is not dict)
+    ):
+        return None
+    if status_raw is None:
+        status = Status(None, Health.UNKNOWN, {})
+    else:
+        if type(status_raw) is not dict:
+            return None
+        state_raw = status_raw.get("state")
+        health_raw = status_raw.get("health")
+        runtime = status_raw.get("runtime")
+        state = None
+        if state_raw is not None:
+            state = _STATES.get(state_raw) if type(state_raw) is str else None
+            if state is None:
+                return None
+        if health_raw is None:
+            health: Health | None = Health.UNKNOWN
+        else:
+            health = _HEALTHS.get(health_raw) if type(health_raw) is str else None
+            if health is None:
+                return None
+        if runtime is None:
+            runtime = {}
+        elif type(runtime) is not dict:
+            return None
+        status = Status(state, health, runtime)
+    return Resource(kind, rid, owner, tag, spec, status, actual)
+
+
+def _resources(rd: _Reader, raw_resources: list[Json]) -> tuple[Resource, ...]:
+    out = []
+    for i, r in enumerate(raw_resources):
+        res = _resource_fast(r)
+        out.append(res if res is not None else _resource(rd, r, f"$.resources[{i}]"))
+    return tuple(out)
+
+
 def host_from_json(raw: Json, expect_host: str | None = None) -> HostObservation:
     """Parse one observe answer; ``expect_host`` checks the agent answered for the right host."""
     name = raw.get("host") if isinstance(raw, dict) else None
@@ -278,7 +346,7 @@ def host_from_json(raw: Json, expect_host: str | None = None) -> HostObservation
         kinds=tuple(str(k) for k in rd.opt(facts_raw, "kinds", list, "$.facts", [])),
     )
     raw_resources = rd.get(raw, "resources", list, "$")
-    parsed = tuple(_resource(rd, r, f"$.resources[{i}]") for i, r in enumerate(raw_resources))
+    parsed = _resources(rd, raw_resources)
     return HostObservation(
         host=host,
         reachable=True,
