@@ -161,6 +161,9 @@ def _machine(
             ),
             delete_step(addr, h, r, app.name, f"@{r.id}"),
         )
+    if keeper is not None and keeper.etag == tag:
+        _unchanged_machine(acc, app, addr, host, keeper)
+        return
     iid = desired.instance_id(slot, tag)
     if any(r.id == iid for _, r in found):  # an instance updated in place kept its first id
         iid += f".{len(here) + 1}"
@@ -210,9 +213,6 @@ def _machine(
             create,
             delete_step(addr, old_host, r, app.name),
         )
-        return
-    if keeper.etag == tag:
-        _unchanged_machine(acc, app, addr, host, keeper)
         return
     items = diff.diff(keeper.spec, spec, Kind.MACHINE)
     if not items:  # same content, other etag (e.g. set by hand): adopt the fleet's etag

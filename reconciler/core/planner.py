@@ -256,6 +256,7 @@ def _reconcile_kind(
     seen: Mapping[str, observed.Resource],
 ) -> None:
     rules = resources.rules(kind)
+    noop_text = _NOOP_TEXT[kind]
     for d in wanted:
         r = seen.get(d.id)
         if r is None:
@@ -283,18 +284,11 @@ def _reconcile_kind(
                 ),
             )
             continue
-        update_step = P.Step(
-            f"{d.address}:update",
-            d.address,
-            host,
-            kind,
-            d.id,
-            P.Verb.UPDATE,
-            d.spec,
-            d.etag,
-            r.etag,
-            app=d.app,
-        )
+        if r.etag == d.etag and (r.actual is None or rules.drift is resources.DriftPolicy.IGNORE):
+            # The common case, settled without building the update step it will not need.
+            acc.noops.append(P.Noop(d.address, noop_text.format(id=d.id)))
+            continue
+        update_step = _update_step(host, kind, d, r)
         if r.etag != d.etag:
             items = diff.diff(r.spec, d.spec, kind)
             fields = ", ".join(sorted({str(i.path[0]) for i in items})) or "etag"
@@ -334,7 +328,7 @@ def _reconcile_kind(
         elif drifted and rules.drift is resources.DriftPolicy.WARN:
             acc.warnings.append(P.Warning(d.address, "drift: live state differs from last applied"))
         else:
-            acc.noops.append(P.Noop(d.address, _NOOP_TEXT[kind].format(id=d.id)))
+            acc.noops.append(P.Noop(d.address, noop_text.format(id=d.id)))
     wanted_ids = {d.id for d in wanted}
     for rid, r in sorted(seen.items()):
         if rid in wanted_ids:
@@ -350,6 +344,21 @@ def _reconcile_kind(
             P.Change(addr, kind, P.Action.DESTROY, reason, host=host, app=app, before=r.spec),
             machines.delete_step(addr, host, r, app),
         )
+
+
+def _update_step(host: str, kind: Kind, d: desired.Desired, r: observed.Resource) -> P.Step:
+    return P.Step(
+        f"{d.address}:update",
+        d.address,
+        host,
+        kind,
+        d.id,
+        P.Verb.UPDATE,
+        d.spec,
+        d.etag,
+        r.etag,
+        app=d.app,
+    )
 
 
 def _drift(r: observed.Resource, rules: resources.Rules) -> tuple[diff.DiffItem, ...]:
