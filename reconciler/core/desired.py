@@ -175,15 +175,29 @@ class AppParts:
         self.announcement_etag = observed.etag(self.announcement_spec)
         self.announces = bool(addrs.all())
 
-    def machine(self, slot: model.MachineSlot, prefix: Any) -> tuple[dict[str, Json], str]:
-        """The machine spec of ``slot`` on a host owning ``prefix``, and its etag."""
-        addr = v6_text(int(fleet_compile.machine_address(prefix, slot.id)))
+    def machine(
+        self,
+        slot: model.MachineSlot,
+        prefix: Any,
+        slot_id: str | None = None,
+        slot_key: str | None = None,
+    ) -> tuple[dict[str, Json], str]:
+        """The machine spec of ``slot`` on a host owning ``prefix``, and its etag.
+
+        ``slot_id`` and ``slot_key`` are ``slot.id`` and ``slot.key`` when the
+        caller has them already.
+        """
+        if slot_id is None:
+            slot_id = slot.id
+        if slot_key is None:
+            slot_key = slot.key
+        addr = v6_text(int(fleet_compile.machine_address(prefix, slot_id)))
         spec = dict(self.base)
-        spec["slot"] = slot.key
+        spec["slot"] = slot_key
         spec["region"] = slot.region
         spec["address"] = addr
         tag = self.machine_tpl.etag(
-            {"slot": _key(slot.key), "region": _key(slot.region), "address": f'"{addr}"'}
+            {"slot": _key(slot_key), "region": _key(slot.region), "address": f'"{addr}"'}
         )
         return spec, tag
 

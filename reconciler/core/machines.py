@@ -48,16 +48,18 @@ def plan_machines(
     on_host: dict[str, dict[str, list[str]]] = defaultdict(lambda: defaultdict(list))
     wanted: set[str] = set()
     for slot in world.slots:
-        wanted.add(slot.id)
-        addr = address.machine(slot.app, slot.key)
-        found = observed_machines.get(slot.id, [])
-        if slot.id in placement.deferred:
-            acc.deferred.append(P.Deferred(addr, "", placement.deferred[slot.id]))
+        slot_id = slot.id  # a property that formats a string: once per slot
+        wanted.add(slot_id)
+        slot_key = slot.key
+        addr = address.machine(slot.app, slot_key)
+        found = observed_machines.get(slot_id, [])
+        if slot_id in placement.deferred:
+            acc.deferred.append(P.Deferred(addr, "", placement.deferred[slot_id]))
             continue
-        host = placement.hosts[slot.id]
-        on_host[host][slot.app].append(slot.key)
+        host = placement.hosts[slot_id]
+        on_host[host][slot.app].append(slot_key)
         app = fleet.apps[slot.app]
-        spec, tag = parts[slot.app].machine(slot, world.host_prefixes[host])
+        spec, tag = parts[slot.app].machine(slot, world.host_prefixes[host], slot_id, slot_key)
         _machine(
             acc,
             app,
@@ -67,7 +69,7 @@ def plan_machines(
             spec=spec,
             tag=tag,
             found=found,
-            moved_why=placement.moved.get(slot.id, ""),
+            moved_why=placement.moved.get(slot_id, ""),
         )
     for slot_id, found in sorted(observed_machines.items()):
         if slot_id in wanted:

@@ -49,9 +49,14 @@ class Health(StrEnum):
     UNKNOWN = "unknown"
 
 
+# What ``json.dumps(value, sort_keys=True, separators=(",", ":"), ensure_ascii=False)``
+# builds on every call; made once (an encoder keeps no state between calls).
+_CANONICAL = json.JSONEncoder(sort_keys=True, separators=(",", ":"), ensure_ascii=False)
+
+
 def canonical(value: Json) -> str:
     """The canonical JSON text of a value: sorted keys, no spaces, UTF-8."""
-    return json.dumps(value, sort_keys=True, separators=(",", ":"), ensure_ascii=False)
+    return _CANONICAL.encode(value)
 
 
 def etag(spec: Json) -> str:
@@ -267,7 +272,8 @@ def _resource_fast(raw: Json) -> Resource | None:
     if type(raw) is not dict:
         return None
     get = raw.get
-    kind = _KINDS.get(get("kind")) if type(get("kind")) is str else None
+    kind_raw = get("kind")
+    kind = _KINDS.get(kind_raw) if type(kind_raw) is str else None
     rid = get("id")
     owner = get("owner")
     tag = get("etag")
@@ -297,11 +303,11 @@ def _resource_fast(raw: Json) -> Resource | None:
             if state is None:
                 return None
         if health_raw is None:
-            health: Health | None = Health.UNKNOWN
+            health = Health.UNKNOWN
+        elif type(health_raw) is str and health_raw in _HEALTHS:
+            health = _HEALTHS[health_raw]
         else:
-            health = _HEALTHS.get(health_raw) if type(health_raw) is str else None
-            if health is None:
-                return None
+            return None
         if runtime is None:
             runtime = {}
         elif type(runtime) is not dict:

@@ -62,6 +62,7 @@ class _Index:
 
 def _index(fleet: model.Fleet, snap: observed.Snapshot) -> _Index:
     idx = _Index()
+    machines_idx, others = idx.machines, idx.others
     for name in sorted(fleet.hosts):
         obs = snap.hosts.get(name)
         if obs is None:
@@ -78,15 +79,18 @@ def _index(fleet: model.Fleet, snap: observed.Snapshot) -> _Index:
             except ValueError:
                 idx.warnings.append(P.Warning(f"host.{name}", "reports an invalid private prefix"))
         for r in obs.resources:
-            if not r.managed:
+            kind = r.kind
+            if r.owner != observed.OWNER_FLEET:  # not r.managed: a property call per resource
                 idx.unmanaged.append((name, r))
-            elif r.kind is Kind.MACHINE:
+            elif kind is Kind.MACHINE:
                 app, slot = address.machine_slot(r.id, r.spec)
-                idx.machines[f"{app}/{slot}"].append((name, r))
+                machines_idx[f"{app}/{slot}"].append((name, r))
             else:
-                idx.others[(name, r.kind)][r.id] = r
-                if r.kind is Kind.ANNOUNCEMENT:
-                    _note_anycast(idx, r)
+                others[(name, kind)][r.id] = r
+                if kind is Kind.ANNOUNCEMENT:
+                    announced = r.spec.get("app")
+                    if not (type(announced) is str and announced in idx.anycast):  # once per app
+                        _note_anycast(idx, r)
     for name in sorted(snap.hosts):
         if name not in fleet.hosts:
             idx.warnings.append(
