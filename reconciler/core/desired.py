@@ -174,6 +174,7 @@ class AppParts:
         }
         self.announcement_etag = observed.etag(self.announcement_spec)
         self.announces = bool(addrs.all())
+        self.public = serves_publicly(app)
 
     def machine(
         self,
@@ -205,7 +206,9 @@ class AppParts:
         backends = sorted(slots)
         spec = dict(self.route_base)
         spec["backends"] = backends
-        tag = self.route_tpl.etag({"backends": observed.canonical(backends)})
+        # canonical(backends) for a list of strings, from the cached text of each
+        backends_text = "[" + ",".join([_key(b) for b in backends]) + "]"
+        tag = self.route_tpl.etag({"backends": backends_text})
         return Desired(
             address.host_resource(host, resources.Kind.ROUTE, self.app.name),
             resources.Kind.ROUTE,

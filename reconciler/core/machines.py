@@ -60,6 +60,10 @@ def plan_machines(
         on_host[host][slot.app].append(slot_key)
         app = fleet.apps[slot.app]
         spec, tag = parts[slot.app].machine(slot, world.host_prefixes[host], slot_id, slot_key)
+        if len(found) == 1 and found[0][0] == host and found[0][1].etag == tag:
+            # The common case, as _machine would settle it: one instance, in place, same etag.
+            _unchanged_machine(acc, app, addr, host, found[0][1])
+            continue
         _machine(
             acc,
             app,

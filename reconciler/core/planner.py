@@ -220,7 +220,7 @@ def _host_resources(
         wanted += [desired.image(host, ref) for ref in refs]
         for app_name in sorted(apps):
             p = parts[app_name]
-            if desired.serves_publicly(p.app):
+            if p.public:
                 wanted.append(p.route(host, apps[app_name]))
                 if p.announces:
                     wanted.append(p.announcement(host))
