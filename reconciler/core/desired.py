@@ -102,6 +102,37 @@ def etag_of_parts(parts: Mapping[str, str]) -> str:
     return observed.digest_text("{" + body + "}")
 
 
+class _Template:
+    """``etag_of_parts`` of a spec whose top-level values are fixed except a few keys.
+
+    The canonical text is cut once into fixed pieces around the varying values,
+    so each etag costs a list copy and a join instead of a sort and a join.
+    """
+
+    def __init__(self, fixed: Mapping[str, str], varying: tuple[str, ...]) -> None:
+        pieces: list[str] = []
+        text = "{"
+        self.at: dict[str, int] = {}
+        for i, k in enumerate(sorted({*fixed, *varying})):
+            text += ("," if i else "") + _key(k) + ":"
+            if k in varying:
+                pieces.append(text)
+                self.at[k] = len(pieces)
+                pieces.append("")
+                text = ""
+            else:
+                text += fixed[k]
+        pieces.append(text + "}")
+        self.pieces = pieces
+
+    def etag(self, values: Mapping[str, str]) -> str:
+        """The etag with ``values`` (canonical JSON text) for the varying keys."""
+        pieces = self.pieces.copy()
+        for k, v in values.items():
+            pieces[self.at[k]] = v
+        return observed.digest_text("".join(pieces))
+
+
 class AppParts:
     """Everything about one app's desired resources that does not depend on host or slot.
 
@@ -135,39 +166,56 @@ class AppParts:
             ],
         }
         self.route_parts = {k: observed.canonical(v) for k, v in self.route_base.items()}
+        self.machine_tpl = _Template(self.base_parts, ("slot", "region", "address"))
+        self.route_tpl = _Template(self.route_parts, ("backends",))
         self.announcement_spec = {
             "app": app.name,
             "prefixes": [f"{a}/{a.max_prefixlen}" for a in addrs.all()],
         }
         self.announcement_etag = observed.etag(self.announcement_spec)
         self.announces = bool(addrs.all())
+        self.public = serves_publicly(app)
 
-    def machine(self, slot: model.MachineSlot, prefix: Any) -> tuple[dict[str, Json], str]:
-        """The machine spec of ``slot`` on a host owning ``prefix``, and its etag."""
-        addr = v6_text(int(fleet_compile.machine_address(prefix, slot.id)))
+    def machine(
+        self,
+        slot: model.MachineSlot,
+        prefix: Any,
+        slot_id: str | None = None,
+        slot_key: str | None = None,
+    ) -> tuple[dict[str, Json], str]:
+        """The machine spec of ``slot`` on a host owning ``prefix``, and its etag.
+
+        ``slot_id`` and ``slot_key`` are ``slot.id`` and ``slot.key`` when the
+        caller has them already.
+        """
+        if slot_id is None:
+            slot_id = slot.id
+        if slot_key is None:
+            slot_key = slot.key
+        addr = v6_text(int(fleet_compile.machine_address(prefix, slot_id)))
         spec = dict(self.base)
-        spec["slot"] = slot.key
+        spec["slot"] = slot_key
         spec["region"] = slot.region
         spec["address"] = addr
-        parts = dict(self.base_parts)
-        parts["slot"] = _key(slot.key)
-        parts["region"] = _key(slot.region)
-        parts["address"] = f'"{addr}"'
-        return spec, etag_of_parts(parts)
+        tag = self.machine_tpl.etag(
+            {"slot": _key(slot_key), "region": _key(slot.region), "address": f'"{addr}"'}
+        )
+        return spec, tag
 
     def route(self, host: str, slots: list[str]) -> Desired:
         backends = sorted(slots)
         spec = dict(self.route_base)
         spec["backends"] = backends
-        parts = dict(self.route_parts)
-        parts["backends"] = observed.canonical(backends)
+        # canonical(backends) for a list of strings, from the cached text of each
+        backends_text = "[" + ",".join([_key(b) for b in backends]) + "]"
+        tag = self.route_tpl.etag({"backends": backends_text})
         return Desired(
             address.host_resource(host, resources.Kind.ROUTE, self.app.name),
             resources.Kind.ROUTE,
             host,
             self.app.name,
             spec,
-            etag_of_parts(parts),
+            tag,
             self.app.name,
         )
 

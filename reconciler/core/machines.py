@@ -48,16 +48,22 @@ def plan_machines(
     on_host: dict[str, dict[str, list[str]]] = defaultdict(lambda: defaultdict(list))
     wanted: set[str] = set()
     for slot in world.slots:
-        wanted.add(slot.id)
-        addr = address.machine(slot.app, slot.key)
-        found = observed_machines.get(slot.id, [])
-        if slot.id in placement.deferred:
-            acc.deferred.append(P.Deferred(addr, "", placement.deferred[slot.id]))
+        slot_id = slot.id  # a property that formats a string: once per slot
+        wanted.add(slot_id)
+        slot_key = slot.key
+        addr = address.machine(slot.app, slot_key)
+        found = observed_machines.get(slot_id, [])
+        if slot_id in placement.deferred:
+            acc.deferred.append(P.Deferred(addr, "", placement.deferred[slot_id]))
             continue
-        host = placement.hosts[slot.id]
-        on_host[host][slot.app].append(slot.key)
+        host = placement.hosts[slot_id]
+        on_host[host][slot.app].append(slot_key)
         app = fleet.apps[slot.app]
-        spec, tag = parts[slot.app].machine(slot, world.host_prefixes[host])
+        spec, tag = parts[slot.app].machine(slot, world.host_prefixes[host], slot_id, slot_key)
+        if len(found) == 1 and found[0][0] == host and found[0][1].etag == tag:
+            # The common case, as _machine would settle it: one instance, in place, same etag.
+            _unchanged_machine(acc, app, addr, host, found[0][1])
+            continue
         _machine(
             acc,
             app,
@@ -67,7 +73,7 @@ def plan_machines(
             spec=spec,
             tag=tag,
             found=found,
-            moved_why=placement.moved.get(slot.id, ""),
+            moved_why=placement.moved.get(slot_id, ""),
         )
     for slot_id, found in sorted(observed_machines.items()):
         if slot_id in wanted:
@@ -161,6 +167,9 @@ def _machine(
             ),
             delete_step(addr, h, r, app.name, f"@{r.id}"),
         )
+    if keeper is not None and keeper.etag == tag:
+        _unchanged_machine(acc, app, addr, host, keeper)
+        return
     iid = desired.instance_id(slot, tag)
     if any(r.id == iid for _, r in found):  # an instance updated in place kept its first id
         iid += f".{len(here) + 1}"
@@ -210,9 +219,6 @@ def _machine(
             create,
             delete_step(addr, old_host, r, app.name),
         )
-        return
-    if keeper.etag == tag:
-        _unchanged_machine(acc, app, addr, host, keeper)
         return
     items = diff.diff(keeper.spec, spec, Kind.MACHINE)
     if not items:  # same content, other etag (e.g. set by hand): adopt the fleet's etag

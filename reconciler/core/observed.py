@@ -19,7 +19,7 @@ from __future__ import annotations
 import hashlib
 import json
 from collections.abc import Mapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, fields
 from enum import StrEnum
 from types import MappingProxyType
 from typing import Any
@@ -49,9 +49,14 @@ class Health(StrEnum):
     UNKNOWN = "unknown"
 
 
+# What ``json.dumps(value, sort_keys=True, separators=(",", ":"), ensure_ascii=False)``
+# builds on every call; made once (an encoder keeps no state between calls).
+_CANONICAL = json.JSONEncoder(sort_keys=True, separators=(",", ":"), ensure_ascii=False)
+
+
 def canonical(value: Json) -> str:
     """The canonical JSON text of a value: sorted keys, no spaces, UTF-8."""
-    return json.dumps(value, sort_keys=True, separators=(",", ":"), ensure_ascii=False)
+    return _CANONICAL.encode(value)
 
 
 def etag(spec: Json) -> str:
@@ -250,6 +255,108 @@ def _resource(rd: _Reader, raw: Json, path: str) -> Resource:
     )
 
 
+# Building a frozen slotted dataclass through its __init__ costs a lookup of
+# object.__setattr__ per field; a snapshot builds 80,000 of them. The parser's
+# fast path sets the slots through their descriptors instead (the same effect:
+# neither class has a __post_init__). The field lists are checked at import.
+_new = object.__new__
+_RESOURCE_FIELDS = ("kind", "id", "owner", "etag", "spec", "status", "actual")
+_STATUS_FIELDS = ("state", "health", "runtime")
+assert tuple(f.name for f in fields(Resource)) == _RESOURCE_FIELDS
+assert tuple(f.name for f in fields(Status)) == _STATUS_FIELDS
+assert not hasattr(Resource, "__post_init__") and not hasattr(Status, "__post_init__")
+_r_kind, _r_id, _r_owner, _r_etag, _r_spec, _r_status, _r_actual = (
+    Resource.__dict__[n].__set__ for n in _RESOURCE_FIELDS
+)
+_s_state, _s_health, _s_runtime = (Status.__dict__[n].__set__ for n in _STATUS_FIELDS)
+
+
+def _make_status(state: RunState | None, health: Health, runtime: Mapping[str, Json]) -> Status:
+    """``Status(state, health, runtime)``, faster."""
+    s = _new(Status)
+    _s_state(s, state)
+    _s_health(s, health)
+    _s_runtime(s, runtime)
+    return s
+
+
+_KINDS: Mapping[str, resources.Kind] = {k.value: k for k in resources.Kind}
+_STATES: Mapping[str, RunState] = {s.value: s for s in RunState}
+_HEALTHS: Mapping[str, Health] = {h.value: h for h in Health}
+
+
+def _resource_fast(raw: Json) -> Resource | None:
+    """``_resource`` for a well-formed answer as ``json.loads`` gives it; None otherwise.
+
+    A snapshot holds tens of thousands of resources: this checks the exact types
+    ``json.loads`` produces with a few ``type() is`` tests instead of a generic
+    checker per field. Anything unusual (a missing key, a subclass, an unknown
+    enum value) returns None and the caller takes the slow path, which names the
+    JSON path of the error, so results and errors are those of ``_resource``.
+    """
+    if type(raw) is not dict:
+        return None
+    get = raw.get
+    kind_raw = get("kind")
+    kind = _KINDS.get(kind_raw) if type(kind_raw) is str else None
+    rid = get("id")
+    owner = get("owner")
+    tag = get("etag")
+    spec = get("spec")
+    status_raw = get("status")
+    actual = get("actual")
+    if (
+        kind is None
+        or type(rid) is not str
+        or type(owner) is not str
+        or type(tag) is not str
+        or type(spec) is not dict
+        or (actual is not None and type(actual) is not dict)
+    ):
+        return None
+    if status_raw is None:
+        status = _make_status(None, Health.UNKNOWN, {})
+    else:
+        if type(status_raw) is not dict:
+            return None
+        state_raw = status_raw.get("state")
+        health_raw = status_raw.get("health")
+        runtime = status_raw.get("runtime")
+        state = None
+        if state_raw is not None:
+            state = _STATES.get(state_raw) if type(state_raw) is str else None
+            if state is None:
+                return None
+        if health_raw is None:
+            health = Health.UNKNOWN
+        elif type(health_raw) is str and health_raw in _HEALTHS:
+            health = _HEALTHS[health_raw]
+        else:
+            return None
+        if runtime is None:
+            runtime = {}
+        elif type(runtime) is not dict:
+            return None
+        status = _make_status(state, health, runtime)
+    r = _new(Resource)  # Resource(kind, rid, owner, tag, spec, status, actual), faster
+    _r_kind(r, kind)
+    _r_id(r, rid)
+    _r_owner(r, owner)
+    _r_etag(r, tag)
+    _r_spec(r, spec)
+    _r_status(r, status)
+    _r_actual(r, actual)
+    return r
+
+
+def _resources(rd: _Reader, raw_resources: list[Json]) -> tuple[Resource, ...]:
+    out = []
+    for i, r in enumerate(raw_resources):
+        res = _resource_fast(r)
+        out.append(res if res is not None else _resource(rd, r, f"$.resources[{i}]"))
+    return tuple(out)
+
+
 def host_from_json(raw: Json, expect_host: str | None = None) -> HostObservation:
     """Parse one observe answer; ``expect_host`` checks the agent answered for the right host."""
     name = raw.get("host") if isinstance(raw, dict) else None
@@ -278,7 +385,7 @@ def host_from_json(raw: Json, expect_host: str | None = None) -> HostObservation
         kinds=tuple(str(k) for k in rd.opt(facts_raw, "kinds", list, "$.facts", [])),
     )
     raw_resources = rd.get(raw, "resources", list, "$")
-    parsed = tuple(_resource(rd, r, f"$.resources[{i}]") for i, r in enumerate(raw_resources))
+    parsed = _resources(rd, raw_resources)
     return HostObservation(
         host=host,
         reachable=True,

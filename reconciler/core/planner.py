@@ -62,6 +62,7 @@ class _Index:
 
 def _index(fleet: model.Fleet, snap: observed.Snapshot) -> _Index:
     idx = _Index()
+    machines_idx, others = idx.machines, idx.others
     for name in sorted(fleet.hosts):
         obs = snap.hosts.get(name)
         if obs is None:
@@ -78,15 +79,18 @@ def _index(fleet: model.Fleet, snap: observed.Snapshot) -> _Index:
             except ValueError:
                 idx.warnings.append(P.Warning(f"host.{name}", "reports an invalid private prefix"))
         for r in obs.resources:
-            if not r.managed:
+            kind = r.kind
+            if r.owner != observed.OWNER_FLEET:  # not r.managed: a property call per resource
                 idx.unmanaged.append((name, r))
-            elif r.kind is Kind.MACHINE:
+            elif kind is Kind.MACHINE:
                 app, slot = address.machine_slot(r.id, r.spec)
-                idx.machines[f"{app}/{slot}"].append((name, r))
+                machines_idx[f"{app}/{slot}"].append((name, r))
             else:
-                idx.others[(name, r.kind)][r.id] = r
-                if r.kind is Kind.ANNOUNCEMENT:
-                    _note_anycast(idx, r)
+                others[(name, kind)][r.id] = r
+                if kind is Kind.ANNOUNCEMENT:
+                    announced = r.spec.get("app")
+                    if not (type(announced) is str and announced in idx.anycast):  # once per app
+                        _note_anycast(idx, r)
     for name in sorted(snap.hosts):
         if name not in fleet.hosts:
             idx.warnings.append(
@@ -216,7 +220,7 @@ def _host_resources(
         wanted += [desired.image(host, ref) for ref in refs]
         for app_name in sorted(apps):
             p = parts[app_name]
-            if desired.serves_publicly(p.app):
+            if p.public:
                 wanted.append(p.route(host, apps[app_name]))
                 if p.announces:
                     wanted.append(p.announcement(host))
@@ -256,6 +260,7 @@ def _reconcile_kind(
     seen: Mapping[str, observed.Resource],
 ) -> None:
     rules = resources.rules(kind)
+    noop_text = _NOOP_TEXT[kind]
     for d in wanted:
         r = seen.get(d.id)
         if r is None:
@@ -283,18 +288,11 @@ def _reconcile_kind(
                 ),
             )
             continue
-        update_step = P.Step(
-            f"{d.address}:update",
-            d.address,
-            host,
-            kind,
-            d.id,
-            P.Verb.UPDATE,
-            d.spec,
-            d.etag,
-            r.etag,
-            app=d.app,
-        )
+        if r.etag == d.etag and (r.actual is None or rules.drift is resources.DriftPolicy.IGNORE):
+            # The common case, settled without building the update step it will not need.
+            acc.noops.append(P.Noop(d.address, noop_text.format(id=d.id)))
+            continue
+        update_step = _update_step(host, kind, d, r)
         if r.etag != d.etag:
             items = diff.diff(r.spec, d.spec, kind)
             fields = ", ".join(sorted({str(i.path[0]) for i in items})) or "etag"
@@ -334,7 +332,7 @@ def _reconcile_kind(
         elif drifted and rules.drift is resources.DriftPolicy.WARN:
             acc.warnings.append(P.Warning(d.address, "drift: live state differs from last applied"))
         else:
-            acc.noops.append(P.Noop(d.address, _NOOP_TEXT[kind].format(id=d.id)))
+            acc.noops.append(P.Noop(d.address, noop_text.format(id=d.id)))
     wanted_ids = {d.id for d in wanted}
     for rid, r in sorted(seen.items()):
         if rid in wanted_ids:
@@ -350,6 +348,21 @@ def _reconcile_kind(
             P.Change(addr, kind, P.Action.DESTROY, reason, host=host, app=app, before=r.spec),
             machines.delete_step(addr, host, r, app),
         )
+
+
+def _update_step(host: str, kind: Kind, d: desired.Desired, r: observed.Resource) -> P.Step:
+    return P.Step(
+        f"{d.address}:update",
+        d.address,
+        host,
+        kind,
+        d.id,
+        P.Verb.UPDATE,
+        d.spec,
+        d.etag,
+        r.etag,
+        app=d.app,
+    )
 
 
 def _drift(r: observed.Resource, rules: resources.Rules) -> tuple[diff.DiffItem, ...]:

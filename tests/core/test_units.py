@@ -53,6 +53,58 @@ def test_malformed_observe_answer_names_host_and_path() -> None:
         observed.loads('{"format_version": 7, "hosts": []}')
 
 
+_GOOD = {
+    "kind": "machine",
+    "id": "web/ams#1@ab",
+    "owner": "fleet",
+    "etag": "sha256:00",
+    "spec": {"app": "web"},
+    "status": {"state": "running", "health": "passing", "runtime": {"pid": 1}},
+    "actual": {"app": "web"},
+}
+
+
+@pytest.mark.parametrize(
+    "edit",
+    [
+        {},
+        {"status": None},
+        {"status": {}},
+        {"status": {"state": None, "health": None, "runtime": None}},
+        {"actual": None},
+        {"kind": "route", "owner": "someone"},
+    ],
+)
+def test_fast_resource_parse_equals_the_checked_one(edit: dict) -> None:  # type: ignore[type-arg]
+    raw = {k: v for k, v in {**_GOOD, **edit}.items() if v is not None or k == "status"}
+    fast = observed._resource_fast(raw)
+    assert fast is not None
+    assert fast == observed._resource(observed._Reader("ams-1"), raw, "$.resources[0]")
+
+
+@pytest.mark.parametrize(
+    ("edit", "where"),
+    [
+        ({"kind": "vm"}, r"\$\.resources\[0\]\.kind: unknown kind"),
+        ({"etag": 3}, r"\$\.resources\[0\]\.etag: expected a string"),
+        ({"spec": []}, r"\$\.resources\[0\]\.spec: expected an object"),
+        ({"status": []}, r"\$\.resources\[0\]\.status: expected an object"),
+        ({"status": {"state": "dancing"}}, r"\$\.resources\[0\]\.status: "),
+        ({"status": {"runtime": 1}}, r"\$\.resources\[0\]\.status\.runtime: expected"),
+        ({"actual": "x"}, r"\$\.resources\[0\]\.actual: expected an object"),
+    ],
+)
+def test_malformed_resource_still_names_its_path(edit: dict, where: str) -> None:  # type: ignore[type-arg]
+    answer = {
+        "protocol_version": 1,
+        "host": "ams-1",
+        "generation": 1,
+        "resources": [{**_GOOD, **edit}],
+    }
+    with pytest.raises(ProtocolError, match=where):
+        observed.host_from_json(answer)
+
+
 def test_diff_reports_leaves_with_their_effect() -> None:
     items = diff.diff(
         {"image": "a", "env": {"A": "1"}, "restart": {"policy": "always"}},
