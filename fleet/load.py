@@ -21,8 +21,6 @@ from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
-import git
-
 from fleet import build, ignore, model, schema, semantics, yamlsrc
 from fleet.errors import FleetError, Location, ModelError, ModelErrors
 
@@ -159,16 +157,24 @@ def load_git(path: str | os.PathLike[str], ref: str, subdir: str = "") -> Loaded
     return Loaded(replace(fleet, commit=commit.hexsha), origin)
 
 
-def load(path: str | os.PathLike[str], ref: str | None = None) -> Loaded:
-    """Load from the work tree (recording HEAD and dirtiness if in Git) or from ``ref``."""
+def load(
+    path: str | os.PathLike[str], ref: str | None = None, *, git_state: bool = True
+) -> Loaded:
+    """Load from the work tree (recording HEAD and dirtiness if in Git) or from ``ref``.
+
+    ``git_state=False`` skips asking Git about the work tree (commands that only
+    need the hosts, like ``observe``, do not record a commit).
+    """
     if ref is not None:
         return load_git(path, ref)
     fleet = load_dir(path)
-    commit, dirty = _work_tree_state(path)
+    commit, dirty = _work_tree_state(path) if git_state else (None, False)
     return Loaded(replace(fleet, commit=commit), Origin(os.fspath(path), commit, dirty))
 
 
 def _open_repo(path: str | os.PathLike[str]) -> tuple[Any, str]:
+    # gitpython costs ~80 ms to import; plain directory loads outside Git skip it.
+    import git  # noqa: PLC0415
     try:
         repo = git.Repo(path, search_parent_directories=True)
     except (git.InvalidGitRepositoryError, git.NoSuchPathError) as exc:

@@ -14,16 +14,19 @@ import functools
 import json
 from collections.abc import Iterator, Sequence
 from importlib import resources
-from typing import Any
-
-import jsonschema
-import referencing
-from jsonschema.exceptions import ValidationError
+from typing import TYPE_CHECKING, Any
 
 from fleet import fastschema
 from fleet.errors import Location, ModelError
 from fleet.model import API_VERSION, Kind
 from fleet.yamlsrc import Document
+
+if TYPE_CHECKING:
+    import jsonschema
+    from jsonschema.exceptions import ValidationError
+
+# jsonschema (and referencing) are imported only when a document fails the
+# compiled check: valid fleets, the common case, never pay for loading them.
 
 _FILES = {Kind.NETWORK: "network.json", Kind.REGION: "region.json", Kind.HOST: "host.json"}
 _FILES[Kind.APP] = "app.json"
@@ -77,6 +80,9 @@ def _fast() -> dict[Kind, fastschema.Check | None]:
 
 @functools.cache
 def _validators() -> dict[Kind, jsonschema.protocols.Validator]:
+    import jsonschema  # noqa: PLC0415 - only for documents that fail the fast check
+    import referencing  # noqa: PLC0415
+
     schemas = _schemas()
     registry: referencing.Registry[Any] = referencing.Registry().with_resources(
         (_BASE + name, referencing.Resource.from_contents(schema))
@@ -216,7 +222,9 @@ def _message(error: ValidationError) -> str:
     if keyword == "pattern":
         return f"must match {value!r}; got {_show(instance)}"
     if keyword in ("oneOf", "anyOf") and error.context:
-        best = jsonschema.exceptions.best_match(error.context)
+        from jsonschema.exceptions import best_match  # noqa: PLC0415 - see _validators
+
+        best = best_match(error.context)
         if best is not None:
             return _message(best)
     return error.message

@@ -50,7 +50,7 @@ def host_factory(args: argparse.Namespace) -> factory.Factory:
 
 
 def observe_cmd(args: argparse.Namespace) -> int:
-    loaded = fleet_load.load(args.fleet, args.ref)
+    loaded = fleet_load.load(args.fleet, args.ref, git_state=False)
     snap = observe_mod.observe_all(loaded.fleet, host_factory(args))
     if args.save:
         Path(args.save).write_text(observed.dumps(snap))
