@@ -157,9 +157,7 @@ def load_git(path: str | os.PathLike[str], ref: str, subdir: str = "") -> Loaded
     return Loaded(replace(fleet, commit=commit.hexsha), origin)
 
 
-def load(
-    path: str | os.PathLike[str], ref: str | None = None, *, git_state: bool = True
-) -> Loaded:
+def load(path: str | os.PathLike[str], ref: str | None = None, *, git_state: bool = True) -> Loaded:
     """Load from the work tree (recording HEAD and dirtiness if in Git) or from ``ref``.
 
     ``git_state=False`` skips asking Git about the work tree (commands that only
@@ -175,6 +173,7 @@ def load(
 def _open_repo(path: str | os.PathLike[str]) -> tuple[Any, str]:
     # gitpython costs ~80 ms to import; plain directory loads outside Git skip it.
     import git  # noqa: PLC0415
+
     try:
         repo = git.Repo(path, search_parent_directories=True)
     except (git.InvalidGitRepositoryError, git.NoSuchPathError) as exc:
