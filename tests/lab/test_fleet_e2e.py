@@ -301,3 +301,42 @@ def test_host_off_the_management_network_is_deferred_others_converge(fleet: Flee
         subprocess.run(["ip", "-n", netns, "link", "set", "mgmt0", "up"], check=True)
     time.sleep(1)
     assert fleet.plan_code()[0] == 0
+
+
+def test_git_push_over_the_labs_sshd_applies_to_the_lab(fleet: Fleet, tmp_path: Path) -> None:
+    """`git push` over SSH to a repository on lab host ams-1; its hooks apply to every host."""
+    lab = fleet.lab
+    bare = tmp_path / "fleet.git"
+    identity = ["-c", "user.name=t", "-c", "user.email=t@example.invalid"]
+    subprocess.run(["git", "init", "-q", "--bare", "-b", "main", str(bare)], check=True)
+    key, pins = lab.directory / "id_ed25519", lab.directory / "known_hosts"
+    fleet.run(
+        "hook", "install", "--repo", str(bare), "--path", "fleet", "--state", str(fleet.state),
+        "--ssh-key", str(key), "--known-hosts", str(pins),
+    )  # fmt: skip
+    work = tmp_path / "work"
+    subprocess.run(["git", "init", "-q", "-b", "main", str(work)], check=True)
+    shutil.copytree(fleet.dir, work / "fleet")
+    echo = work / "fleet" / "apps" / "echo.yaml"
+    echo.write_text(echo.read_text().replace("    sea: 2\n", "    sea: 1\n"))
+    ssh = f"ssh -i {key} -o UserKnownHostsFile={pins} -o StrictHostKeyChecking=yes -o BatchMode=yes"
+
+    def git(*args: str) -> subprocess.CompletedProcess[str]:
+        return subprocess.run(
+            ["ip", "netns", "exec", f"{lab.prefix}-mgmt", "git", *identity, *args],
+            cwd=work, env={**lab.env, "GIT_SSH_COMMAND": ssh}, capture_output=True,
+            text=True, check=False, timeout=600,
+        )  # fmt: skip
+
+    git("add", "-A")
+    git("commit", "-qm", "echo: back to one machine in sea")
+    push = git("push", f"ssh://root@192.0.2.11{bare}", "main")
+    assert push.returncode == 0, push.stderr[-3000:]
+    assert "remote: fleet: apply complete" in push.stderr, push.stderr[-3000:]
+    assert "app.echo/machine[sea#2]" in push.stderr
+    echo_sea = [
+        r
+        for _, r in fleet.machines()
+        if r["spec"]["app"] == "echo" and r["spec"]["region"] == "sea"
+    ]
+    assert len(echo_sea) == 1
