@@ -55,8 +55,8 @@ def test_network_asn_is_the_default_and_router_id_can_be_given() -> None:
     region = dataclasses.replace(w.fleet.regions["ams"], asn=None)
     fleet = dataclasses.replace(w.fleet, regions=MappingProxyType({"ams": region}))
     w = dataclasses.replace(w, fleet=fleet)
-    text = render(w, {}, router_id=ipaddress.IPv4Address("10.9.8.7"))
-    assert "local as 65000;" in text and "router id 10.9.8.7;" in text
+    text = render(w, {}, router_id=ipaddress.IPv4Address("192.0.2.87"))
+    assert "local as 65000;" in text and "router id 192.0.2.87;" in text
 
 
 def test_export_filter_is_built_from_the_pools() -> None:
@@ -85,7 +85,7 @@ def test_a_family_without_a_pool_exports_nothing() -> None:
 
 @pytest.mark.parametrize(
     "address",
-    ["192.0.2.10", "2001:db8:200::1", "10.0.0.1"],
+    ["192.0.2.10", "2001:db8:200::1", "203.0.113.77"],
 )
 def test_an_announcement_outside_the_pools_cannot_be_rendered(address: str) -> None:
     ip = ipaddress.ip_address(address)

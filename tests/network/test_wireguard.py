@@ -223,10 +223,10 @@ def test_only_changed_fields_are_written() -> None:
 
 def test_canonical_ips_sort_and_normalise() -> None:
     assert wireguard.canonical_ips(
-        ["fdf1:ee70:0:2:0::/64", "10.0.0.1/32", "fdf1:ee70:0:1::/64"]
+        ["fdf1:ee70:0:2:0::/64", "192.0.2.1/32", "fdf1:ee70:0:1::/64"]
     ) == (
-        "10.0.0.1/32",
+        "192.0.2.1/32",
         "fdf1:ee70:0:1::/64",
         "fdf1:ee70:0:2::/64",
     )
-    assert wireguard.canonical_ips([ipaddress.ip_network("10.0.0.0/8")]) == ("10.0.0.0/8",)
+    assert wireguard.canonical_ips([ipaddress.ip_network("198.51.100.0/24")]) == ("198.51.100.0/24",)

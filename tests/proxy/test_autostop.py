@@ -22,7 +22,7 @@ def apps(min_running: int, mode: model.AutoStop = model.AutoStop.STOP) -> dict[s
 
 def table(n: int) -> t.RoutingTable:
     servers = tuple(
-        t.Server(f"sea.{i}", t.Role.LOCAL, "10.0.0.1", 8000 + i, "sea", f"hello/sea#{i}")
+        t.Server(f"sea.{i}", t.Role.LOCAL, "192.0.2.51", 8000 + i, "sea", f"hello/sea#{i}")
         for i in range(1, n + 1)
     )
     lst = (t.Listener("198.51.100.10", 80, False, True),)

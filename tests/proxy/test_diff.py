@@ -12,7 +12,7 @@ L, R, W = t.Role.LOCAL, t.Role.REMOTE, t.Role.WAKER
 
 def srv(name: str, role: t.Role = L, port: int = 8080, **kw: object) -> t.Server:
     region = name.split(".", maxsplit=1)[0]
-    return t.Server(name, role, "fd00::1" if role is R else "10.0.0.1", port, region=region, **kw)  # type: ignore[arg-type]
+    return t.Server(name, role, "fd00::1" if role is R else "192.0.2.51", port, region=region, **kw)  # type: ignore[arg-type]
 
 
 def rt(app: str, *servers: t.Server) -> t.Route:
@@ -53,12 +53,12 @@ def test_a_new_machine_is_one_add_on_its_backend_only() -> None:
     assert p.touched == {"be_a_0"}
     cmds = commands(p)
     assert cmds[:2] == [
-        "add server be_a_0/sea.3 10.0.0.1:8080 weight 100",
+        "add server be_a_0/sea.3 192.0.2.51:8080 weight 100",
         "enable server be_a_0/sea.3",
     ]
     assert all("be_b_0" not in c for c in cmds)
     # the replay map learns the new instance and its region
-    assert "add map /m be_a_0/instance/sea.3 sea.3|10.0.0.1|8080" in cmds
+    assert "add map /m be_a_0/instance/sea.3 sea.3|192.0.2.51|8080" in cmds
 
 
 def test_drain_then_remove() -> None:
@@ -99,7 +99,7 @@ def test_limit_address_and_waker_changes_are_runtime_updates() -> None:
         )
     )
     assert [c for c in commands(diff.plan(a, b)) if "map" not in c] == [
-        "set server be_a_0/sea.1 addr 10.0.0.1 port 9090",
+        "set server be_a_0/sea.1 addr 192.0.2.51 port 9090",
         "set maxconn server be_a_0/sea.1 5",
         "enable server be_a_0/waker",
     ]
