@@ -229,4 +229,6 @@ def test_canonical_ips_sort_and_normalise() -> None:
         "fdf1:ee70:0:1::/64",
         "fdf1:ee70:0:2::/64",
     )
-    assert wireguard.canonical_ips([ipaddress.ip_network("198.51.100.0/24")]) == ("198.51.100.0/24",)
+    assert wireguard.canonical_ips([ipaddress.ip_network("198.51.100.0/24")]) == (
+        "198.51.100.0/24",
+    )
