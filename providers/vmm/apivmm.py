@@ -10,11 +10,9 @@ the read-only base image, since Firecracker takes raw disks only.
 
 from __future__ import annotations
 
-import contextlib
 import errno
 import logging
 import os
-import signal
 import subprocess
 import time
 from pathlib import Path
@@ -125,28 +123,10 @@ class ApiVMM:
         self._kill(base.read_pid(boot))
 
     def wait(self, boot: base.BootConfig, timeout: float) -> bool:
-        deadline = time.monotonic() + timeout
-        while self.running(boot):
-            if time.monotonic() > deadline:
-                return False
-            time.sleep(0.05)
-        return True
+        return base.wait_stopped(lambda: self.running(boot), timeout)
 
     def _kill(self, pid: int) -> None:
-        if pid <= 0:
-            return
-        for sig in (signal.SIGTERM, signal.SIGKILL):
-            with contextlib.suppress(ProcessLookupError):
-                os.kill(pid, sig)
-            for _ in range(40):
-                try:
-                    os.kill(pid, 0)
-                except ProcessLookupError:
-                    return
-                with contextlib.suppress(ChildProcessError):
-                    if os.waitpid(pid, os.WNOHANG)[0] == pid:
-                        return
-                time.sleep(0.05)
+        base.terminate(pid)
 
     def status(self, boot: base.BootConfig) -> MachineStatus:
         running = self.running(boot)

@@ -10,6 +10,9 @@ from __future__ import annotations
 
 import contextlib
 import os
+import signal
+import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Protocol
@@ -103,3 +106,26 @@ def pid_alive(pid: int, marker: str) -> bool:
             os.waitpid(pid, os.WNOHANG)  # reap it if it is our child
         return False
     return marker.encode() in cmdline
+
+
+def wait_stopped(running: Callable[[], bool], timeout: float) -> bool:
+    """Poll ``running`` until it is False; True if that happened within ``timeout``."""
+    deadline = time.monotonic() + timeout
+    while running():
+        if time.monotonic() > deadline:
+            return False
+        time.sleep(0.05)
+    return True
+
+
+def terminate(pid: int, marker: str = "") -> None:
+    """SIGTERM, then SIGKILL, a VMM process; each given 2 s to go (zombies count as gone)."""
+    if pid <= 0:
+        return
+    for sig in (signal.SIGTERM, signal.SIGKILL):
+        with contextlib.suppress(ProcessLookupError):
+            os.kill(pid, sig)
+        for _ in range(40):
+            if not pid_alive(pid, marker):
+                return
+            time.sleep(0.05)

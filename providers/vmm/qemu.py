@@ -18,7 +18,6 @@ import contextlib
 import logging
 import os
 import shutil
-import signal
 import socket
 import subprocess
 import time
@@ -223,23 +222,10 @@ class QemuDriver:
 
     def wait(self, boot: base.BootConfig, timeout: float) -> bool:
         """Wait until the VMM has exited; True if it did within ``timeout``."""
-        deadline = time.monotonic() + timeout
-        while self.running(boot):
-            if time.monotonic() > deadline:
-                return False
-            time.sleep(0.05)
-        return True
+        return base.wait_stopped(lambda: self.running(boot), timeout)
 
     def _kill(self, pid: int) -> None:
-        if pid <= 0:
-            return
-        for sig in (signal.SIGTERM, signal.SIGKILL):
-            with contextlib.suppress(ProcessLookupError):
-                os.kill(pid, sig)
-            for _ in range(40):
-                if not base.pid_alive(pid, "fleet-"):
-                    return
-                time.sleep(0.05)
+        base.terminate(pid, "fleet-")
 
     def status(self, boot: base.BootConfig) -> MachineStatus:
         running = self.running(boot)
