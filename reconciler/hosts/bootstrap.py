@@ -23,7 +23,6 @@ from dataclasses import dataclass
 from typing import Protocol
 
 from fleet import model
-from fleet.errors import HostError
 from reconciler.hosts import bundle as bundle_mod
 
 log = logging.getLogger(__name__)
@@ -217,7 +216,3 @@ def describe(outcomes: Sequence[Outcome]) -> list[str]:
         verdict = "changed" if o.changed else "no changes"
         out.append(f"{o.host}: {verdict}: " + "; ".join(o.steps))
     return out
-
-
-def fail(host: str, message: str) -> HostError:
-    return HostError(host, message, action="bootstrap")

@@ -16,6 +16,7 @@ from __future__ import annotations
 import subprocess
 import tempfile
 from pathlib import Path
+from typing import Any
 
 from fleet.errors import LabError
 from providers.images import layout, samples
@@ -45,22 +46,25 @@ wait $!
 EXTRA_APPLETS = ("mkdir", "nc")
 
 
-def hello_image(version: str) -> layout.ImageSpec:
+def _image(script: str, text: str, config: dict[str, Any]) -> layout.ImageSpec:
+    """busybox (with the applets the scripts use) plus one start script."""
     base = samples.base_entries() + layout.busybox_entries(Path("/bin/busybox"), EXTRA_APPLETS)
-    top = [layout.file("bin/hello", HELLO % version, 0o755)]
+    top = [layout.file(script, text, 0o755)]
+    return layout.ImageSpec([layout.layer_tar(base), layout.layer_tar(top)], config)
+
+
+def hello_image(version: str) -> layout.ImageSpec:
     config = {
         "Entrypoint": ["/bin/hello"],
         "Env": ["PORT=8080", "PATH=/bin"],
         "ExposedPorts": {"8080/tcp": {}},
     }
-    return layout.ImageSpec([layout.layer_tar(base), layout.layer_tar(top)], config)
+    return _image("bin/hello", HELLO % version, config)
 
 
 def echo_image() -> layout.ImageSpec:
-    base = samples.base_entries() + layout.busybox_entries(Path("/bin/busybox"), EXTRA_APPLETS)
-    top = [layout.file("bin/echo-server", ECHO, 0o755)]
     config = {"Entrypoint": ["/bin/echo-server"], "Env": ["PATH=/bin"]}
-    return layout.ImageSpec([layout.layer_tar(base), layout.layer_tar(top)], config)
+    return _image("bin/echo-server", ECHO, config)
 
 
 def push_all(registry: str = REGISTRY) -> list[str]:
