@@ -22,7 +22,7 @@ import json
 import logging
 import threading
 import time
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -31,6 +31,10 @@ from hostagent.inventory import Inventory
 
 log = logging.getLogger(__name__)
 Json = Any
+
+# A host-level duty run after each pass: gets the pass's clock reading, returns
+# what it did (for logs and tests). Handlers of host-level kinds provide these.
+Ticker = Callable[[float], list[str]]
 
 BACKOFF_START_S = 1.0
 BACKOFF_MAX_S = 30.0
@@ -83,10 +87,12 @@ class Supervisor:
         machines: H.Handler,
         *,
         clock: Callable[[], float] = time.monotonic,
+        tickers: Sequence[Ticker] = (),
     ) -> None:
         self.inventory = inventory
         self.machines = machines
         self.clock = clock
+        self.tickers = tuple(tickers)
         self.memory: dict[str, Memory] = {}
 
     def tick(self) -> list[str]:
@@ -124,6 +130,14 @@ class Supervisor:
                 health[rid] = "critical"
             self.memory[rid] = memory
         self._record(health)
+        for ticker in self.tickers:
+            # Host-level duties (mesh, announcements, proxy) ride on the same loop;
+            # one failing must not stop the machines' supervision.
+            try:
+                done += ticker(now)
+            except Exception as exc:
+                log.warning(json.dumps({"event": "ticker_failed", "ticker": _name(ticker),
+                                        "error": str(exc)}))  # fmt: skip
         return done
 
     def _record(self, health: Mapping[str, str]) -> None:
@@ -151,6 +165,10 @@ class Supervisor:
                 log.exception("supervisor pass failed")
             stop.wait(interval)
         log.info(json.dumps({"event": "supervisor_stopped"}))
+
+
+def _name(ticker: Ticker) -> str:
+    return getattr(ticker, "__qualname__", type(ticker).__name__)
 
 
 def _checks(spec: Mapping[str, Json]) -> list[Mapping[str, Json]]:
