@@ -8,9 +8,9 @@ the ratios.
 
 What it does, as root, with ``pip install -e '.[bench]'`` (pyinfra, ansible-core):
 
-1. waits (up to ``--wait`` seconds) until no ``flab-*`` namespace exists: the
-   lab's names are machine-wide, so only one lab can be up; it never touches a
-   lab it did not create;
+1. waits (up to ``--wait`` seconds) until no namespace of its lab prefix
+   (``$FLEET_LAB_PREFIX``, default ``flab``) exists: labs with other prefixes
+   may run side by side; it never touches a lab it did not create;
 2. writes its own fleet (a Network, two Regions with IPv4 upstream peers in
    203.0.113.0/24, N Hosts at 192.0.2.11...) and brings a lab up for it in its
    own state directory (``$FLEET_LAB_DIR``), then bootstraps ``fleet-agent``;
@@ -29,7 +29,7 @@ What it does, as root, with ``pip install -e '.[bench]'`` (pyinfra, ansible-core
 4. always takes its lab down again (only if its own ``lab up`` succeeded).
 
 pyinfra and ansible run inside the lab's management namespace (``ip netns exec
-flab-mgmt``), as the reconciler's sockets do, with the lab's client key and
+PREFIX-mgmt``), as the reconciler's sockets do, with the lab's client key and
 known_hosts and strict host key checking. All traffic stays in the lab's
 namespaces.
 """
@@ -50,7 +50,8 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
-MGMT_NS = "flab-mgmt"  # reconciler.lab.topology.MGMT_NS; the lab's names are fixed
+LAB_PREFIX = os.environ.get("FLEET_LAB_PREFIX", "flab")  # reconciler.lab.topology.PREFIX
+MGMT_NS = f"{LAB_PREFIX}-mgmt"  # reconciler.lab.topology.MGMT_NS
 FIRST_ADDRESS = 11  # hosts at 192.0.2.11, .12, ...; .1 and .2 are the lab's own
 MAX_HOSTS = 100  # stays inside the management /25
 REGIONS = (("ra", "203.0.113.1", 64500), ("rb", "203.0.113.65", 64501))
@@ -245,7 +246,7 @@ def report(n: int, ours: Timing, others: Sequence[Timing], extra: Sequence[Timin
 def lab_namespaces() -> list[str]:
     out = subprocess.run(["ip", "netns", "list"], capture_output=True, text=True, check=False)
     names = [line.split()[0] for line in out.stdout.splitlines() if line.strip()]
-    return [n for n in names if n.startswith("flab-")]
+    return [n for n in names if n.startswith(f"{LAB_PREFIX}-")]
 
 
 def wait_for_slot(limit: float, poll: float = 15.0) -> bool:
@@ -257,7 +258,7 @@ def wait_for_slot(limit: float, poll: float = 15.0) -> bool:
             return True
         if time.monotonic() >= deadline:
             return False
-        print(f"a lab is up ({len(busy)} flab-* namespaces): waiting", file=sys.stderr)
+        print(f"a lab is up ({len(busy)} {LAB_PREFIX}-* namespaces): waiting", file=sys.stderr)
         time.sleep(poll)
 
 
