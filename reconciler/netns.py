@@ -11,7 +11,7 @@ created in, so it can then be used from any thread. Needs root, as the lab does.
 from __future__ import annotations
 
 import ctypes
-import ctypes.util
+import functools
 import os
 import socket
 import threading
@@ -20,9 +20,18 @@ CLONE_NEWNET = 0x40000000
 NETNS_DIR = "/run/netns"
 
 
+@functools.cache
+def _libc() -> ctypes.CDLL:
+    """The symbols already loaded into this process, the C library's among them.
+
+    Not ``ctypes.util.find_library("c")``: that runs ``ldconfig -p`` (~50 ms),
+    and it ran for every socket of every lab connection.
+    """
+    return ctypes.CDLL(None, use_errno=True)
+
+
 def _setns(fd: int) -> None:
-    libc = ctypes.CDLL(ctypes.util.find_library("c"), use_errno=True)
-    if libc.setns(fd, CLONE_NEWNET) != 0:
+    if _libc().setns(fd, CLONE_NEWNET) != 0:
         err = ctypes.get_errno()
         raise OSError(err, f"setns: {os.strerror(err)}")
 

@@ -94,6 +94,9 @@ Subsystem sftp internal-sftp
 
     def start(self) -> None:
         conf = self.config()
+        ready = f"Server listening on 127.0.0.1 port {self.port}"
+        # The log is appended to: after a restart the old line is there already.
+        seen = self.log.read_text(errors="replace").count(ready) if self.log.exists() else 0
         with open(self.log, "ab") as log:
             self.proc = subprocess.Popen(
                 [SSHD, "-D", "-e", "-f", str(conf)],
@@ -104,12 +107,11 @@ Subsystem sftp internal-sftp
             )
         # Wait for its "Server listening" line rather than probing the port: a
         # probe would be one more accepted connection in the log we count.
-        ready = f"Server listening on 127.0.0.1 port {self.port}"
         deadline = time.monotonic() + 10
         while time.monotonic() < deadline:
             if self.proc.poll() is not None:
                 raise RuntimeError(f"sshd exited {self.proc.returncode}: {self.log.read_text()}")
-            if ready in self.log.read_text(errors="replace"):
+            if self.log.read_text(errors="replace").count(ready) > seen:
                 return
             time.sleep(0.01)
         raise RuntimeError(f"sshd did not listen on {self.port}: {self.log.read_text()}")
