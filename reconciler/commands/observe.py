@@ -11,10 +11,12 @@ import argparse
 import json
 import os
 import sys
+from collections.abc import Iterable
 from pathlib import Path
 from typing import Any
 
 from fleet import load as fleet_load
+from fleet import model
 from reconciler import observe as observe_mod
 from reconciler.commands import common
 from reconciler.core import observed
@@ -39,19 +41,27 @@ def add_hosts_option(p: argparse.ArgumentParser) -> None:
     )
 
 
-def host_factory(args: argparse.Namespace) -> factory.Factory:
-    """The HostClient factory the command's options ask for (``--hosts``, keys, known hosts)."""
+def host_factory(
+    args: argparse.Namespace, dial_ahead: Iterable[model.Host] = ()
+) -> factory.Factory:
+    """The HostClient factory the command's options ask for (``--hosts``, keys, known hosts).
+
+    ``dial_ahead``: the hosts the command will talk to right away; over SSH their
+    connects start while the transport loads (:func:`factory.ssh_factory`).
+    """
     return factory.from_option(
         args.hosts or os.environ.get("FLEET_HOSTS"),
         ssh_key=getattr(args, "ssh_key", None),
         known_hosts=getattr(args, "known_hosts", None),
         fleet_dir=getattr(args, "fleet", None),
+        dial_ahead=dial_ahead,
     )
 
 
 def observe_cmd(args: argparse.Namespace) -> int:
     loaded = fleet_load.load(args.fleet, args.ref, git_state=False)
-    snap = observe_mod.observe_all(loaded.fleet, host_factory(args))
+    hosts = loaded.fleet.hosts.values()
+    snap = observe_mod.observe_all(loaded.fleet, host_factory(args, dial_ahead=hosts))
     if args.save:
         Path(args.save).write_text(observed.dumps(snap))
     else:

@@ -87,7 +87,8 @@ def _make_plan(args: argparse.Namespace) -> P.Plan:
             raise FleetError(f"{args.observed}: {exc.strerror}") from exc
         snap = observed.loads(text, args.observed)
     else:
-        snap = observe_mod.observe_all(loaded.fleet, observe_commands.host_factory(args))
+        clients = observe_commands.host_factory(args, dial_ahead=loaded.fleet.hosts.values())
+        snap = observe_mod.observe_all(loaded.fleet, clients)
     options = P.Options(
         targets=tuple(args.target),
         excludes=tuple(args.exclude),

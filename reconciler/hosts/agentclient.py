@@ -19,19 +19,22 @@ from __future__ import annotations
 
 import json
 import logging
+import secrets
 import time
-import uuid
 from collections.abc import Callable, Sequence
 from typing import Any
 
 from fleet import model
 from fleet.errors import FleetError, HostError, ProtocolError
 from reconciler.core import observed
-from reconciler.hosts import bootstrap, protocol, ssh
+from reconciler.hosts import protocol, ssh
 
 log = logging.getLogger(__name__)
 Json = Any
 
+# bootstrap.AGENT, where `reconcile hosts bootstrap` installs the agent (not imported:
+# it brings the wheel builder into every command that talks to a host).
+AGENT = "/var/lib/fleet-agent/current/bin/fleet-agent"
 OBSERVE_TIMEOUT_S = 60.0
 APPLY_TIMEOUT_S = 3600.0
 OBSERVE_PORT = 7930  # hostagent.config.OBSERVE_PORT: the supervisor's loopback port
@@ -46,7 +49,7 @@ class AgentClient:
         self,
         host: model.Host,
         conn: ssh.SSHConnection,
-        agent: str = bootstrap.AGENT,
+        agent: str = AGENT,
         *,
         observe_port: int | None = OBSERVE_PORT,
         clock: Callable[[], float] = time.monotonic,
@@ -137,7 +140,7 @@ class AgentClient:
     def apply(
         self, actions: Sequence[protocol.Action], on_event: protocol.EventSink
     ) -> list[protocol.Result]:
-        request = protocol.request_to_json(self.name, uuid.uuid4().hex, actions)
+        request = protocol.request_to_json(self.name, secrets.token_hex(16), actions)
         results: list[protocol.Result] = []
 
         def on_line(line: str) -> None:

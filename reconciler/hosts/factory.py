@@ -13,19 +13,24 @@ agent for the login key; ``--known-hosts`` / ``$FLEET_KNOWN_HOSTS`` for pinned
 host keys (besides pins in Host documents). When neither key nor known_hosts
 is given and the local lab is up, the lab's own client key and known_hosts are
 used, so the lab works with no set-up.
+
+Start-up matters here (``reconcile observe`` is run in loops): importing this
+module costs little. The SSH transport (paramiko) is imported only when an SSH
+factory is made, and ``dial_ahead`` hosts get their TCP connects started just
+before that import, so each host's sshd forks while we load the library.
 """
 
 from __future__ import annotations
 
 import os
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from pathlib import Path
 
 from fleet import model
 from fleet.errors import FleetError
-from reconciler.hosts import agentclient, hostkeys, memory, protocol, ssh
-from reconciler.lab import lab
+from reconciler.hosts import dial, hostkeys, protocol
+from reconciler.lab import paths as lab_paths
 
 Factory = Callable[[model.Host], protocol.HostClient]
 
@@ -36,12 +41,18 @@ def from_option(
     ssh_key: str | None = None,
     known_hosts: str | None = None,
     fleet_dir: str | None = None,
+    dial_ahead: Iterable[model.Host] = (),
 ) -> Factory:
+    """The factory ``--hosts`` asks for; SSH by default (``dial_ahead``: see ``ssh_factory``)."""
     if option and option.startswith("memory:"):
+        # The in-process hosts bring the planner's model along, which a command
+        # talking to real hosts over SSH never needs.
+        from reconciler.hosts import memory  # noqa: PLC0415 - start-up, see the docstring
+
         return memory.MemoryFleet(option.removeprefix("memory:")).client
     if option:
         raise FleetError(f"--hosts {option!r}: expected memory:PATH")
-    return ssh_factory(ssh_key, known_hosts, fleet_dir)
+    return ssh_factory(ssh_key, known_hosts, fleet_dir, dial_ahead=dial_ahead)
 
 
 @dataclass(frozen=True, slots=True)
@@ -54,11 +65,9 @@ class SSHSettings:
 def ssh_settings(ssh_key: str | None, known_hosts: str | None) -> SSHSettings:
     key = ssh_key or os.environ.get("FLEET_SSH_KEY")
     pins = known_hosts or os.environ.get("FLEET_KNOWN_HOSTS")
-    lab_paths = lab.Paths(lab.DEFAULT_DIR)
-    if key is None and pins is None and lab_paths.state.exists():
-        return SSHSettings(
-            str(lab_paths.client_key), str(lab_paths.known_hosts), lab.mgmt_netns(lab_paths)
-        )
+    lab = lab_paths.Paths(lab_paths.DEFAULT_DIR)
+    if key is None and pins is None and lab.state.exists():
+        return SSHSettings(str(lab.client_key), str(lab.known_hosts), lab_paths.mgmt_netns(lab))
     if pins is None:
         default = Path.home() / ".ssh" / "known_hosts"
         pins = str(default) if default.exists() else None
@@ -66,15 +75,32 @@ def ssh_settings(ssh_key: str | None, known_hosts: str | None) -> SSHSettings:
 
 
 def ssh_factory(
-    ssh_key: str | None, known_hosts: str | None, fleet_dir: str | None = None
+    ssh_key: str | None,
+    known_hosts: str | None,
+    fleet_dir: str | None = None,
+    *,
+    dial_ahead: Iterable[model.Host] = (),
 ) -> Factory:
+    """Clients over one pooled SSH connection per host.
+
+    The TCP connects to the ``dial_ahead`` hosts (those the caller is about to
+    talk to) start before the transport is imported; their sockets are taken
+    by the connections' first attempts. Keys and pins are checked as always.
+    """
     settings = ssh_settings(ssh_key, known_hosts)
-    credentials = ssh.load_credentials(settings.ssh_key, fleet_dir=fleet_dir)
-    pool = ssh.SSHPool(
-        credentials,
-        hostkeys.load_policy(settings.known_hosts),
-        ssh.SSHOptions(netns=settings.netns),
-    )
+    dialer = dial.Dialer(settings.netns)
+    dialer.start((h.name, h.ssh) for h in dial_ahead)
+    # The transport: paramiko and cryptography, most of a command's start-up.
+    from reconciler.hosts import agentclient, ssh  # noqa: PLC0415 - see the docstring
+
+    options = ssh.SSHOptions(netns=settings.netns)
+    try:
+        credentials = ssh.load_credentials(settings.ssh_key, fleet_dir=fleet_dir)
+        policy = hostkeys.load_policy(settings.known_hosts)
+    except BaseException:
+        dialer.close()
+        raise
+    pool = ssh.SSHPool(credentials, policy, options, dialer=dialer)
 
     def client(host: model.Host) -> protocol.HostClient:
         return agentclient.AgentClient(host, pool.get(host))

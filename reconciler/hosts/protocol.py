@@ -23,11 +23,13 @@ from __future__ import annotations
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from enum import StrEnum
-from typing import Any, Protocol
+from typing import TYPE_CHECKING, Any, Protocol
 
 from providers import resources
 from reconciler.core import observed
-from reconciler.core import plan as P
+
+if TYPE_CHECKING:  # annotations only: the planner is not needed to talk to a host
+    from reconciler.core import plan as P
 
 PROTOCOL_VERSION = observed.PROTOCOL_VERSION
 Json = Any

@@ -19,9 +19,11 @@ This is the only module that imports paramiko. It exists to give the real
   permanent :class:`fleet.errors.HostError`; a key that is not pinned is
   :class:`fleet.errors.HostKeyMismatch` (see ``hostkeys.py``).
 
-Why our own socket: paramiko leaves Nagle on, which costs ~40 ms per command
-on loopback (LAB-NOTES.md); we connect, set ``TCP_NODELAY`` and hand paramiko
-the socket. Retries (bounded, exponential backoff) cover connecting and
+Why our own socket (made in :mod:`reconciler.hosts.dial`): paramiko leaves
+Nagle on, which costs ~40 ms per command on loopback (LAB-NOTES.md); we
+connect, set ``TCP_NODELAY`` (and quick ACKs) and hand paramiko the socket. A
+:class:`~reconciler.hosts.dial.Dialer` given to the pool supplies sockets
+whose connect was started earlier. Retries (bounded, exponential backoff) cover connecting and
 opening a channel only: once a command has been sent it is never re-sent here.
 """
 
@@ -34,7 +36,7 @@ import random
 import secrets
 import select
 import shlex
-import socket
+import sys
 import threading
 import time
 from collections.abc import Callable, Iterator, Mapping
@@ -43,13 +45,32 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import IO, TypeVar
 
-import paramiko
-from paramiko.common import cMSG_CHANNEL_REQUEST
-
 from fleet import errors
 from fleet.model import Host, SSHTarget
-from reconciler import netns as netns_mod
-from reconciler.hosts import hostkeys
+from reconciler.hosts import dial, hostkeys
+
+
+@contextmanager
+def _unimportable(name: str) -> Iterator[None]:
+    """Within the block, ``import name`` fails (unless it is already imported)."""
+    if name in sys.modules:
+        yield
+        return
+    sys.modules[name] = None  # type: ignore[assignment]  # the import system's "not importable"
+    try:
+        yield
+    finally:
+        if sys.modules.get(name, 0) is None:
+            del sys.modules[name]
+
+
+# paramiko.config imports `invoke` (and through it asyncio and unittest.mock) only
+# for `Match exec` in ssh_config files, which we never read: about half of
+# paramiko's import time, paid by every `reconcile` command that connects.
+# Without it paramiko sets `invoke = None` and works the same for us.
+with _unimportable("invoke"):
+    import paramiko
+    from paramiko.common import cMSG_CHANNEL_REQUEST
 
 log = logging.getLogger(__name__)
 
@@ -187,30 +208,8 @@ def _with_remote_timeout(command: str, seconds: float) -> str:
     return f'timeout -k 2 {seconds:.3f}s "$SHELL" -c {shlex.quote(command)}'
 
 
-def _open_socket(
-    host: str, target: SSHTarget, timeout: float, netns: str | None = None
-) -> socket.socket:
-    try:
-        sock = netns_mod.connect(netns, target.address, target.port, timeout)
-    except OSError as exc:
-        raise errors.HostUnreachable(
-            host, f"cannot connect to {target.address}:{target.port}: {_reason(exc)}"
-        ) from exc
-    sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
-    sock.setsockopt(socket.SOL_SOCKET, socket.SO_KEEPALIVE, 1)
-    return sock
-
-
-def _reason(exc: BaseException) -> str:
-    if isinstance(exc, TimeoutError | socket.timeout):
-        return "timed out"
-    if isinstance(exc, EOFError):
-        return "connection closed by the remote side"
-    return str(exc) or type(exc).__name__
-
-
 def _transient(host: str, what: str, exc: BaseException) -> errors.HostUnreachable:
-    return errors.HostUnreachable(host, f"{what}: {_reason(exc)}")
+    return errors.HostUnreachable(host, f"{what}: {dial.reason(exc)}")
 
 
 def _presented(transport: paramiko.Transport) -> hostkeys.PublicKey:
@@ -226,7 +225,7 @@ def fetch_host_key(
     For messages and for operators who want to pin a key; it trusts nothing.
     """
     host = host or target.address
-    sock = _open_socket(host, target, timeout, netns)
+    sock = dial.open_socket(host, target, timeout, netns)
     transport = paramiko.Transport(sock)
     try:
         transport.start_client(timeout=timeout)
@@ -256,12 +255,15 @@ class SSHConnection:
         credentials: Credentials,
         policy: hostkeys.HostKeyPolicy,
         options: SSHOptions | None = None,
+        *,
+        dialer: dial.Dialer | None = None,
     ) -> None:
         self.host = host
         self.target = target
         self._credentials = credentials
         self._policy = policy
         self.options = options or SSHOptions()
+        self._dialer = dialer  # may hold this host's socket, connecting since earlier
         self._lock = threading.Lock()
         self._sessions = threading.BoundedSemaphore(max(1, self.options.max_sessions))
         self._transport: paramiko.Transport | None = None
@@ -276,7 +278,11 @@ class SSHConnection:
 
     def _connect_once(self) -> paramiko.Transport:
         opts, t = self.options, self.target
-        sock = _open_socket(self.host, t, opts.connect_timeout, opts.netns)
+        sock = None
+        if self._dialer is not None:  # a connect started earlier, on the first attempt
+            sock = self._dialer.take(self.host, t, opts.connect_timeout)
+        if sock is None:
+            sock = dial.open_socket(self.host, t, opts.connect_timeout, opts.netns)
         self.connects += 1
         transport = paramiko.Transport(sock)
         try:
@@ -615,7 +621,7 @@ class SSHConnection:
                 with suppress(OSError):
                     sftp.remove(tmp)
                 raise errors.HostError(
-                    self.host, f"upload to {remote_path} failed: {_reason(exc)}"
+                    self.host, f"upload to {remote_path} failed: {dial.reason(exc)}"
                 ) from exc
         log.debug("host %s: uploaded %s (mode %o)", self.host, remote_path, mode)
 
@@ -679,17 +685,24 @@ class TCPChannel:
 
 
 class SSHPool:
-    """One :class:`SSHConnection` per host name, shared by all threads."""
+    """One :class:`SSHConnection` per host name, shared by all threads.
+
+    With a ``dialer``, a connection's first TCP connect is the one the dialer
+    started (if it dialed that host); closing the pool closes what it holds.
+    """
 
     def __init__(
         self,
         credentials: Credentials,
         policy: hostkeys.HostKeyPolicy,
         options: SSHOptions | None = None,
+        *,
+        dialer: dial.Dialer | None = None,
     ) -> None:
         self._credentials = credentials
         self._policy = policy
         self.options = options or SSHOptions()
+        self._dialer = dialer
         self._lock = threading.Lock()
         self._conns: dict[str, SSHConnection] = {}
 
@@ -707,7 +720,9 @@ class SSHPool:
                 raise KeyError(name)
             if conn is not None:  # the Host document changed its address or key
                 conn.close()
-            conn = SSHConnection(name, target, self._credentials, self._policy, self.options)
+            conn = SSHConnection(
+                name, target, self._credentials, self._policy, self.options, dialer=self._dialer
+            )
             self._conns[name] = conn
             return conn
 
@@ -716,6 +731,8 @@ class SSHPool:
             conns, self._conns = list(self._conns.values()), {}
         for c in conns:
             c.close()
+        if self._dialer is not None:
+            self._dialer.close()
 
     def __enter__(self) -> SSHPool:
         return self

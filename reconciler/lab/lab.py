@@ -31,13 +31,13 @@ import signal
 import subprocess
 import time
 from collections.abc import Sequence
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 from fleet.errors import LabError
 from reconciler import netns
 from reconciler.lab import images, topology
+from reconciler.lab import paths as lab_paths
 from reconciler.lab.topology import (
     CLIENT_NS,
     MGMT_GATEWAY,
@@ -51,42 +51,12 @@ from reconciler.lab.topology import (
 
 log = logging.getLogger(__name__)
 
-DEFAULT_DIR = Path(os.environ.get("FLEET_LAB_DIR", "/var/lib/fleet-lab"))
+# Where a lab keeps its state lives in reconciler.lab.paths; these stay for callers.
+DEFAULT_DIR = lab_paths.DEFAULT_DIR
+Paths = lab_paths.Paths
+mgmt_netns = lab_paths.mgmt_netns
 SSHD = "/usr/sbin/sshd"
 HOST_BINDS = ("/var/lib/fleet-agent", "/run/wireguard")
-
-
-@dataclass(frozen=True, slots=True)
-class Paths:
-    root: Path
-
-    @property
-    def state(self) -> Path:
-        return self.root / "lab.json"
-
-    @property
-    def known_hosts(self) -> Path:
-        return self.root / "known_hosts"
-
-    @property
-    def client_key(self) -> Path:
-        return self.root / "id_ed25519"
-
-    @property
-    def authorized_keys(self) -> Path:
-        return self.root / "authorized_keys"
-
-    def host_dir(self, name: str) -> Path:
-        return self.root / "hosts" / name
-
-
-def mgmt_netns(paths: Paths) -> str:
-    """The namespace from which a lab's hosts are reached (recorded by ``up``)."""
-    try:
-        state = json.loads(paths.state.read_text())
-    except (OSError, ValueError):
-        return MGMT_NS
-    return str(state.get("mgmt_netns", MGMT_NS))
 
 
 def require_root() -> None:
