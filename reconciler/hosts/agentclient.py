@@ -22,12 +22,16 @@ import logging
 import secrets
 import time
 from collections.abc import Callable, Sequence
-from typing import Any
+from contextlib import AbstractContextManager
+from typing import TYPE_CHECKING, Any, Protocol
 
 from fleet import model
 from fleet.errors import FleetError, HostError, ProtocolError
 from reconciler.core import observed
-from reconciler.hosts import protocol, ssh
+from reconciler.hosts import protocol
+
+if TYPE_CHECKING:  # annotations only: a held connection needs no SSH library here
+    from reconciler.hosts import ssh
 
 log = logging.getLogger(__name__)
 Json = Any
@@ -42,13 +46,41 @@ PORT_TIMEOUT_S = 10.0  # a free channel slot, opening the channel, sending the r
 PORT_RETRY_S = 60.0
 
 
+class Channel(Protocol):
+    """A byte stream to a port on the host (``ssh.TCPChannel``, ``control.HeldChannel``)."""
+
+    def sendall(self, data: bytes, *, timeout: float) -> None: ...
+
+    def read_line(self, *, timeout: float, limit: int = ...) -> bytes: ...
+
+
+class Connection(Protocol):
+    """What the client needs of a host connection: ``ssh.SSHConnection``, or the
+    holder's ``control.HeldConnection`` (docs/ssh.md)."""
+
+    def connect(self) -> None: ...
+
+    def open_tcp(
+        self, address: str, port: int, *, timeout: float | None = None
+    ) -> AbstractContextManager[Channel]: ...
+
+    def exec(
+        self,
+        command: str,
+        *,
+        stdin: bytes | None = None,
+        on_line: Callable[[str], None] | None = None,
+        timeout: float | None = None,
+    ) -> ssh.ExecResult: ...
+
+
 class AgentClient:
     """One host reached over SSH."""
 
     def __init__(
         self,
         host: model.Host,
-        conn: ssh.SSHConnection,
+        conn: Connection,
         agent: str = AGENT,
         *,
         observe_port: int | None = OBSERVE_PORT,

@@ -15,22 +15,29 @@ is given and the local lab is up, the lab's own client key and known_hosts are
 used, so the lab works with no set-up.
 
 Start-up matters here (``reconcile observe`` is run in loops): importing this
-module costs little. The SSH transport (paramiko) is imported only when an SSH
-factory is made, and ``dial_ahead`` hosts get their TCP connects started just
-before that import, so each host's sshd forks while we load the library.
+module costs little. Observing goes through the connection holder when there
+is one (:mod:`reconciler.hosts.control`); otherwise, and for anything else,
+the command makes its own connections: the SSH transport (paramiko) is then
+imported, and ``dial_ahead`` hosts get their TCP connects started just before
+that import, so each host's sshd forks while we load the library.
 """
 
 from __future__ import annotations
 
 import os
+import threading
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from fleet import model
 from fleet.errors import FleetError
-from reconciler.hosts import dial, hostkeys, protocol
+from reconciler.hosts import agentclient, control, dial, hostkeys, protocol
 from reconciler.lab import paths as lab_paths
+
+if TYPE_CHECKING:
+    from reconciler.hosts import ssh
 
 Factory = Callable[[model.Host], protocol.HostClient]
 
@@ -81,28 +88,51 @@ def ssh_factory(
     *,
     dial_ahead: Iterable[model.Host] = (),
 ) -> Factory:
-    """Clients over one pooled SSH connection per host.
-
-    The TCP connects to the ``dial_ahead`` hosts (those the caller is about to
-    talk to) start before the transport is imported; their sockets are taken
-    by the connections' first attempts. Keys and pins are checked as always.
-    """
+    """Clients over SSH: observing through the connection holder when there is one
+    (``$FLEET_SSH_PERSIST``, :mod:`reconciler.hosts.control`), else, and for
+    everything but observing, over this command's own pool of connections."""
     settings = ssh_settings(ssh_key, known_hosts)
+    if settings.ssh_key:
+        control.key_outside_repo(settings.ssh_key, "ssh key", fleet_dir)
+    persist = control.persist_seconds()
+    held = control.ensure_holder(
+        control.Settings(settings.ssh_key, settings.known_hosts, settings.netns, persist)
+    )
+    if held is None:
+        pool = _pool(settings, fleet_dir, dial_ahead)
+        return lambda host: agentclient.AgentClient(host, pool.get(host))
+    lock = threading.Lock()
+    direct: list[ssh.SSHPool] = []
+
+    def own(host: model.Host) -> ssh.SSHConnection:
+        with lock:
+            if not direct:
+                direct.append(_pool(settings, fleet_dir, ()))
+        return direct[0].get(host)
+
+    def client(host: model.Host) -> protocol.HostClient:
+        conn = control.HeldConnection(held, host.name, host.ssh, lambda: own(host))
+        return agentclient.AgentClient(host, conn)
+
+    return client
+
+
+def _pool(
+    settings: SSHSettings, fleet_dir: str | None, dial_ahead: Iterable[model.Host]
+) -> ssh.SSHPool:
+    """This command's own connections. The TCP connects to the ``dial_ahead`` hosts
+    (those it is about to talk to) start before the transport is imported; the
+    connections' first attempts take those sockets. Keys and pins are checked as always.
+    """
     dialer = dial.Dialer(settings.netns)
     dialer.start((h.name, h.ssh) for h in dial_ahead)
     # The transport: paramiko and cryptography, most of a command's start-up.
-    from reconciler.hosts import agentclient, ssh  # noqa: PLC0415 - see the docstring
+    from reconciler.hosts import ssh  # noqa: PLC0415 - see the docstring
 
-    options = ssh.SSHOptions(netns=settings.netns)
     try:
         credentials = ssh.load_credentials(settings.ssh_key, fleet_dir=fleet_dir)
         policy = hostkeys.load_policy(settings.known_hosts)
     except BaseException:
         dialer.close()
         raise
-    pool = ssh.SSHPool(credentials, policy, options, dialer=dialer)
-
-    def client(host: model.Host) -> protocol.HostClient:
-        return agentclient.AgentClient(host, pool.get(host))
-
-    return client
+    return ssh.SSHPool(credentials, policy, ssh.SSHOptions(netns=settings.netns), dialer=dialer)

@@ -47,7 +47,7 @@ from typing import IO, TypeVar
 
 from fleet import errors
 from fleet.model import Host, SSHTarget
-from reconciler.hosts import dial, hostkeys
+from reconciler.hosts import control, dial, hostkeys
 
 
 @contextmanager
@@ -152,14 +152,7 @@ def load_credentials(
     chosen = os.fspath(path) if path else env.get(ENV_KEY) or None
     origin = "--ssh-key" if path else f"${ENV_KEY}"
     if chosen:
-        key_path = Path(chosen).expanduser().resolve()
-        if fleet_dir is not None:
-            repo = Path(fleet_dir).resolve()
-            if key_path == repo or repo in key_path.parents:
-                raise errors.FleetError(
-                    f"ssh key {key_path} ({origin}) is inside the fleet repository {repo}: "
-                    "keep private keys out of it and pass --ssh-key or $FLEET_SSH_KEY"
-                )
+        key_path = control.key_outside_repo(chosen, origin, fleet_dir)
         try:
             key = paramiko.PKey.from_path(key_path)
         except paramiko.PasswordRequiredException as exc:

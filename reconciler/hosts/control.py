@@ -1,0 +1,327 @@
+"""SSH connections kept open between `reconcile` runs: the client side of the holder.
+
+Why: a new SSH connection costs the host's sshd a fork, a re-exec, a key
+exchange and a login (~25 ms of its CPU) and costs us paramiko's import and the
+handshake; `reconcile observe` pays that for every host on every run. Like
+OpenSSH's ``ControlMaster``/``ControlPersist`` (and Ansible's default
+``ControlPersist=60s``), a small local process, the *holder*
+(:mod:`reconciler.hosts.holder`), keeps one pinned connection per host open
+and each run asks through it. Nothing is cached: every request opens a new
+channel on the host and carries the host's answer of that moment.
+
+Security: the holder listens on a unix socket, mode 0600, in a directory of
+ours with mode 0700 (``$FLEET_SSH_CONTROL_DIR``, default
+``~/.fleet-state/ssh``), and serves only peers of its own uid (``SO_PEERCRED``).
+Its name is derived from the login key file, the known_hosts file (paths,
+sizes and times) and the network namespace, so a changed key or pin file gets
+a new holder. Host keys are verified by the holder when it connects, against
+the known_hosts it was started with plus the pin in the Host document that
+comes with each request (a changed pin reconnects and verifies again).
+
+Lifetime: the holder exits after ``$FLEET_SSH_PERSIST`` seconds (default 60)
+without a request, when its socket is removed, or on SIGTERM.
+``FLEET_SSH_PERSIST=0`` turns holding off: every run connects afresh.
+
+Only observing goes through the holder (one request line, one answer line per
+host). Everything else (``fleet-agent apply``, uploads, the exec fallback of
+observe) uses a direct connection of the running command, as before.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import os
+import socket
+import stat
+import subprocess
+import sys
+import time
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+from fleet import errors
+from fleet.model import SSHTarget
+
+if TYPE_CHECKING:  # the transport is imported only when a direct connection is needed
+    from reconciler.hosts import ssh
+
+log = logging.getLogger(__name__)
+
+ENV_PERSIST = "FLEET_SSH_PERSIST"
+ENV_DIR = "FLEET_SSH_CONTROL_DIR"
+DEFAULT_PERSIST_S = 60.0
+START_TIMEOUT_S = 10.0
+VERSION = 1  # of the request/answer lines below; part of the socket's name
+
+# The errors a holder may report, by class name; anything else is a HostError.
+_ERRORS: dict[str, type[errors.HostError]] = {
+    "HostError": errors.HostError,
+    "HostUnreachable": errors.HostUnreachable,
+    "HostKeyMismatch": errors.HostKeyMismatch,
+    "ProtocolError": errors.ProtocolError,
+}
+
+
+@dataclass(frozen=True, slots=True)
+class Settings:
+    """What a holder is started with; one holder per distinct value."""
+
+    ssh_key: str | None
+    known_hosts: str | None
+    netns: str | None
+    idle: float
+
+
+def persist_seconds(env: Mapping[str, str] | None = None) -> float:
+    """``$FLEET_SSH_PERSIST`` (seconds a holder lingers without requests); 0: no holder."""
+    env = os.environ if env is None else env
+    raw = env.get(ENV_PERSIST, "").strip()
+    if not raw:
+        return DEFAULT_PERSIST_S
+    try:
+        value = float(raw)
+    except ValueError:
+        raise errors.FleetError(f"${ENV_PERSIST}={raw!r}: want seconds (0 turns it off)") from None
+    return max(0.0, value)
+
+
+def control_dir(env: Mapping[str, str] | None = None) -> Path:
+    """The holders' directory: created 0700; refused unless it is ours and private."""
+    env = os.environ if env is None else env
+    d = Path(env.get(ENV_DIR) or Path.home() / ".fleet-state" / "ssh")
+    d.mkdir(mode=0o700, parents=True, exist_ok=True)
+    st = d.lstat()
+    if not stat.S_ISDIR(st.st_mode) or st.st_uid != os.getuid() or st.st_mode & 0o077:
+        raise errors.FleetError(
+            f"{d} ({ENV_DIR}): must be a directory owned by uid {os.getuid()} with mode 0700"
+        )
+    return d
+
+
+def key_outside_repo(key: str, origin: str, fleet_dir: str | os.PathLike[str] | None) -> Path:
+    """The key file's resolved path; refused if it lies inside the fleet repository.
+
+    Private keys must never live next to the desired state that is pushed
+    around. Here (not in ssh.py) so a run that observes through the holder
+    checks it too without loading the transport.
+    """
+    key_path = Path(key).expanduser().resolve()
+    if fleet_dir is not None:
+        repo = Path(fleet_dir).resolve()
+        if key_path == repo or repo in key_path.parents:
+            raise errors.FleetError(
+                f"ssh key {key_path} ({origin}) is inside the fleet repository {repo}: "
+                "keep private keys out of it and pass --ssh-key or $FLEET_SSH_KEY"
+            )
+    return key_path
+
+
+def _fingerprint(path: str | None) -> str:
+    if not path:
+        return "-"
+    p = Path(path).expanduser().resolve()
+    try:
+        st = p.stat()
+    except OSError:
+        return f"{p}:missing"
+    return f"{p}:{st.st_size}:{st.st_mtime_ns}"
+
+
+def socket_path(settings: Settings, directory: Path) -> Path:
+    """The holder's socket for these settings (a changed key or known_hosts file: another)."""
+    parts = [
+        str(VERSION),
+        str(os.getuid()),
+        _fingerprint(settings.ssh_key),
+        _fingerprint(settings.known_hosts),
+        settings.netns or "-",
+        # no key file: the holder logs in with the agent this command would use
+        "-" if settings.ssh_key else os.environ.get("SSH_AUTH_SOCK", "-"),
+    ]
+    digest = hashlib.sha256("\0".join(parts).encode()).hexdigest()[:20]
+    return directory / f"{digest}.sock"
+
+
+def _target_json(target: SSHTarget) -> dict[str, Any]:
+    return {
+        "address": target.address,
+        "port": target.port,
+        "user": target.user,
+        "host_key": target.host_key,
+    }
+
+
+def target_from_json(raw: Mapping[str, Any]) -> SSHTarget:
+    return SSHTarget(str(raw["address"]), int(raw["port"]), str(raw["user"]), raw.get("host_key"))
+
+
+def request(path: Path, body: Mapping[str, Any], timeout: float) -> dict[str, Any]:
+    """One request line to the holder at ``path``, one answer line back (OSError if no holder)."""
+    with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as s:
+        s.settimeout(timeout)
+        s.connect(str(path))
+        s.sendall(json.dumps(body).encode() + b"\n")
+        with s.makefile("rb") as f:
+            line = f.readline()
+    if not line:
+        raise ConnectionResetError("the holder closed the connection without an answer")
+    answer: dict[str, Any] = json.loads(line)
+    return answer
+
+
+def _raise_if_error(host: str, answer: Mapping[str, Any]) -> None:
+    err = answer.get("error")
+    if isinstance(err, dict):
+        cls = _ERRORS.get(str(err.get("type")), errors.HostError)
+        raise cls(host, str(err.get("message", "error")))
+
+
+def ensure_holder(settings: Settings, env: Mapping[str, str] | None = None) -> Path | None:
+    """The socket of a live holder for ``settings``, started if need be; None if that fails.
+
+    None means: connect directly (the reason is logged); holding is an
+    optimisation, never a reason for a command to fail.
+    """
+    if settings.idle <= 0:
+        return None
+    try:
+        path = socket_path(settings, control_dir(env))
+    except (OSError, errors.FleetError) as exc:
+        log.info("ssh holder: %s; connecting directly", exc)
+        return None
+    if alive(path):
+        return path
+    log_file = path.with_suffix(".log")
+    argv = [
+        sys.executable, "-P", "-m", "reconciler.hosts.holder", "--socket", str(path),
+        "--idle", str(settings.idle),
+    ]  # fmt: skip
+    if settings.ssh_key:
+        argv += ["--ssh-key", settings.ssh_key]
+    if settings.known_hosts:
+        argv += ["--known-hosts", settings.known_hosts]
+    if settings.netns:
+        argv += ["--netns", settings.netns]
+    try:
+        with open(log_file, "ab") as out:
+            os.chmod(log_file, 0o600)
+            # The holder forks itself away and this returns at once: it outlives
+            # this command by design (see above) and is nobody's zombie.
+            subprocess.run(
+                argv,
+                stdin=subprocess.DEVNULL,
+                stdout=out,
+                stderr=out,
+                start_new_session=True,
+                check=True,
+                timeout=START_TIMEOUT_S,
+            )
+    except (OSError, subprocess.SubprocessError) as exc:
+        log.info("ssh holder: cannot start: %s; connecting directly", exc)
+        return None
+    deadline = time.monotonic() + START_TIMEOUT_S
+    while time.monotonic() < deadline:
+        if alive(path):
+            return path
+        time.sleep(0.01)
+    log.info("ssh holder did not come up within %gs (see %s)", START_TIMEOUT_S, log_file)
+    return None
+
+
+def alive(path: Path) -> bool:
+    """A holder answers on ``path``."""
+    try:
+        return request(path, {"op": "ping"}, timeout=2.0).get("ok") is True
+    except (OSError, ValueError):
+        return False
+
+
+class HeldChannel:
+    """A line exchange with a port on the host, made by the holder on a fresh channel.
+
+    Quacks like the ``ssh.TCPChannel`` that the observe port needs: the data
+    given to :meth:`sendall` goes out when :meth:`read_line` asks for the answer.
+    """
+
+    def __init__(self, conn: HeldConnection, address: str, port: int) -> None:
+        self._conn = conn
+        self._address = address
+        self._port = port
+        self._out = bytearray()
+
+    def sendall(self, data: bytes, *, timeout: float) -> None:
+        self._out += data
+
+    def read_line(self, *, timeout: float, limit: int = 64 << 20) -> bytes:
+        answer = self._conn.ask(
+            {
+                "op": "ask",
+                "address": self._address,
+                "port": self._port,
+                "data": self._out.decode("utf-8"),
+                "timeout": timeout,
+                "limit": limit,
+            },
+            timeout,
+        )
+        self._out.clear()
+        return str(answer.get("line", "")).encode("utf-8")
+
+    def close(self) -> None:
+        self._out.clear()
+
+    def __enter__(self) -> HeldChannel:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+
+class HeldConnection:
+    """One host through the holder; direct SSH for anything but the observe port."""
+
+    def __init__(
+        self,
+        path: Path,
+        host: str,
+        target: SSHTarget,
+        direct: Callable[[], ssh.SSHConnection],
+        *,
+        timeout: float = 10.0,
+    ) -> None:
+        self.path = path
+        self.host = host
+        self.target = target
+        self.timeout = timeout
+        self._direct = direct
+
+    def ask(self, body: dict[str, Any], timeout: float) -> dict[str, Any]:
+        full = {**body, "host": self.host, "target": _target_json(self.target)}
+        try:
+            # The holder's own connect has its retries and timeouts: allow for them.
+            answer = request(self.path, full, timeout + 3 * self.timeout)
+        except (OSError, ValueError) as exc:
+            raise errors.HostUnreachable(self.host, f"ssh holder {self.path}: {exc}") from exc
+        _raise_if_error(self.host, answer)
+        return answer
+
+    def connect(self) -> None:
+        """The holder's connection to the host is up (made now if need be), pin verified."""
+        self.ask({"op": "connect"}, self.timeout)
+
+    def open_tcp(self, address: str, port: int, *, timeout: float | None = None) -> HeldChannel:
+        return HeldChannel(self, address, port)
+
+    def exec(
+        self,
+        command: str,
+        *,
+        stdin: bytes | None = None,
+        on_line: Callable[[str], None] | None = None,
+        timeout: float | None = None,
+    ) -> ssh.ExecResult:
+        return self._direct().exec(command, stdin=stdin, on_line=on_line, timeout=timeout)

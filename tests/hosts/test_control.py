@@ -1,0 +1,134 @@
+"""The SSH connection holder (control.py, holder.py) against a real sshd on loopback.
+
+Each test starts its own holder in its own control directory and stops it by
+PID. What must hold: connections are reused across "runs" (separate clients),
+every request is a fresh exchange with the host, pins are verified, the socket
+is private, and the holder goes away on its own.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import signal
+import stat
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from fleet import errors
+from fleet.model import SSHTarget
+from hostagent import listener
+from reconciler.hosts import control
+from tests.hosts.sshd import SSHDaemon, free_port, keygen
+from tests.hosts.test_observe_port import agent, client, data_dir, host, line_server
+
+pytestmark = pytest.mark.root
+__all__ = ["agent", "data_dir", "host"]  # fixtures used below
+
+
+@pytest.fixture
+def env(tmp_path: Path) -> dict[str, str]:
+    return {control.ENV_DIR: str(tmp_path / "ctl")}
+
+
+def pid_of(path: Path) -> int:
+    return int(control.request(path, {"op": "ping"}, timeout=5)["pid"])
+
+
+@contextlib.contextmanager
+def holder(
+    sshd: SSHDaemon, env: dict[str, str], idle: float = 30.0, *, known_hosts: bool = True
+) -> Iterator[Path]:
+    """A holder for ``sshd``; with ``known_hosts`` its key is pinned there too."""
+    known = sshd.dir / "known_hosts"
+    known.write_text(f"[127.0.0.1]:{sshd.port} {sshd.host_key}\n" if known_hosts else "")
+    settings = control.Settings(str(sshd.client_key), str(known), None, idle)
+    path = control.ensure_holder(settings, env)
+    assert path is not None
+    pid = pid_of(path)
+    try:
+        yield path
+    finally:
+        with contextlib.suppress(ProcessLookupError):
+            os.kill(pid, signal.SIGTERM)  # our own holder, by PID
+
+
+def held(path: Path, target: SSHTarget) -> control.HeldConnection:
+    def no_direct() -> object:
+        raise AssertionError("no direct connection expected")
+
+    return control.HeldConnection(path, "sea-1", target, no_direct)  # type: ignore[arg-type]
+
+
+def ask(conn: control.HeldConnection, port: int, text: str) -> bytes:
+    with conn.open_tcp("127.0.0.1", port, timeout=5) as chan:
+        chan.sendall(text.encode(), timeout=5)
+        return chan.read_line(timeout=5)
+
+
+def test_runs_share_one_connection_and_every_request_reaches_the_host(sshd, env):
+    accepted: list[int] = []
+    with holder(sshd, env) as path, line_server(accepted) as port:
+        for run in range(3):  # three "runs": new clients each time
+            conn = held(path, sshd.target(pin=False))
+            conn.connect()
+            assert ask(conn, port, f"run {run}\n") == f"got: run {run}\n".encode()
+        assert sshd.accepts() == 1  # one SSH connection for all three
+        assert len(accepted) == 3  # but a real exchange with the host each time
+        mode = path.stat().st_mode
+        assert stat.S_ISSOCK(mode) and stat.S_IMODE(mode) == 0o600
+        assert stat.S_IMODE(path.parent.stat().st_mode) == 0o700
+
+
+def test_a_changed_pin_is_verified_and_refused(sshd, env, tmp_path):
+    wrong = SSHTarget("127.0.0.1", sshd.port, "root", keygen(tmp_path / "other"))
+    with holder(sshd, env, known_hosts=False) as path:  # the Host document's pin only
+        with pytest.raises(errors.HostKeyMismatch):
+            held(path, wrong).connect()
+        held(path, sshd.target()).connect()  # the right pin still works
+
+
+def test_an_unreachable_host_is_host_unreachable(sshd, env):
+    with holder(sshd, env) as path:
+        gone = SSHTarget("127.0.0.1", free_port(), "root", None)
+        with pytest.raises(errors.HostUnreachable):
+            held(path, gone).connect()
+
+
+def test_agent_observe_goes_through_the_holder(sshd, env, host, agent):
+    with holder(sshd, env) as path, listener.ObserveListener(agent, port=0) as lst:
+        conn = control.HeldConnection(path, "sea-1", host.ssh, lambda: None)  # type: ignore[arg-type,return-value]
+        c = client(host, conn, agent.inventory.directory.parent, lst.port)  # type: ignore[arg-type]
+        seen = c.observe()
+        assert c.last_observe_via == "port"
+        assert seen.reachable and seen.host == "sea-1"
+
+
+def test_the_holder_leaves_when_idle_or_when_its_socket_goes(sshd, env):
+    with holder(sshd, env, idle=1.0) as path:
+        pid = pid_of(path)
+        deadline = time.monotonic() + 10
+        while path.exists() and time.monotonic() < deadline:
+            time.sleep(0.1)
+        assert not path.exists()
+    with holder(sshd, env) as path:
+        pid = pid_of(path)
+        path.unlink()
+        deadline = time.monotonic() + 10
+        while Path(f"/proc/{pid}").exists() and time.monotonic() < deadline:
+            time.sleep(0.1)
+        assert not Path(f"/proc/{pid}").exists() or "Z" in Path(f"/proc/{pid}/stat").read_text()
+
+
+def test_no_holder_when_turned_off_and_a_public_directory_is_refused(sshd, env, tmp_path):
+    assert control.persist_seconds({control.ENV_PERSIST: "0"}) == 0
+    off = control.Settings(str(sshd.client_key), None, None, 0.0)
+    assert control.ensure_holder(off, env) is None
+    public = tmp_path / "public"
+    public.mkdir(mode=0o755)
+    public.chmod(0o755)
+    with pytest.raises(errors.FleetError, match="mode 0700"):
+        control.control_dir({control.ENV_DIR: str(public)})
