@@ -44,7 +44,9 @@ def holder(
 ) -> Iterator[Path]:
     """A holder for ``sshd``; with ``known_hosts`` its key is pinned there too."""
     known = sshd.dir / "known_hosts"
-    known.write_text(f"[127.0.0.1]:{sshd.port} {sshd.host_key}\n" if known_hosts else "")
+    text = f"[127.0.0.1]:{sshd.port} {sshd.host_key}\n" if known_hosts else ""
+    if not known.exists() or known.read_text() != text:  # a rewrite would make another holder
+        known.write_text(text)
     settings = control.Settings(str(sshd.client_key), str(known), None, idle)
     path = control.ensure_holder(settings, env)
     assert path is not None
@@ -123,7 +125,19 @@ def test_the_holder_leaves_when_idle_or_when_its_socket_goes(sshd, env):
         assert not Path(f"/proc/{pid}").exists() or "Z" in Path(f"/proc/{pid}/stat").read_text()
 
 
-def test_no_holder_when_turned_off_and_a_public_directory_is_refused(sshd, env, tmp_path):
+def test_a_dead_holders_socket_is_replaced_by_a_new_holder(sshd, env):
+    with holder(sshd, env) as path:
+        first = pid_of(path)
+        os.kill(first, signal.SIGKILL)  # ours, by PID: leaves its socket file behind
+        deadline = time.monotonic() + 10
+        while control.alive(path) and time.monotonic() < deadline:
+            time.sleep(0.05)
+        with holder(sshd, env) as again:
+            assert again == path and pid_of(again) != first
+            held(again, sshd.target()).connect()
+
+
+def test_no_holder_when_turned_off_or_when_the_directory_is_not_private(sshd, env, tmp_path):
     assert control.persist_seconds({control.ENV_PERSIST: "0"}) == 0
     off = control.Settings(str(sshd.client_key), None, None, 0.0)
     assert control.ensure_holder(off, env) is None
@@ -132,3 +146,25 @@ def test_no_holder_when_turned_off_and_a_public_directory_is_refused(sshd, env, 
     public.chmod(0o755)
     with pytest.raises(errors.FleetError, match="mode 0700"):
         control.control_dir({control.ENV_DIR: str(public)})
+    on = control.Settings(str(sshd.client_key), None, None, 30.0)
+    assert control.ensure_holder(on, {control.ENV_DIR: str(public)}) is None  # direct, then
+
+
+def test_changed_pins_or_key_or_namespace_get_another_holder(tmp_path):
+    key, known = tmp_path / "key", tmp_path / "known_hosts"
+    key.write_text("k")
+    known.write_text("a\n")
+    base = control.Settings(str(key), str(known), None, 60.0)
+    first = control.socket_path(base, tmp_path)
+    assert control.socket_path(base, tmp_path) == first
+    known.write_text("a changed pin\n")
+    assert control.socket_path(base, tmp_path) != first
+    again = control.socket_path(base, tmp_path)
+    assert (
+        control.socket_path(control.Settings(str(key), str(known), "ns", 60.0), tmp_path) != again
+    )
+    other = tmp_path / "other"
+    other.write_text("k")
+    assert (
+        control.socket_path(control.Settings(str(other), str(known), None, 60.0), tmp_path) != again
+    )
