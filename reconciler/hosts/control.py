@@ -56,6 +56,7 @@ ENV_DIR = "FLEET_SSH_CONTROL_DIR"
 DEFAULT_PERSIST_S = 60.0
 START_TIMEOUT_S = 10.0
 VERSION = 1  # of the request/answer lines below; part of the socket's name
+MAX_SOCKET_PATH = 107  # sun_path, less its terminating NUL (Linux)
 
 # The errors a holder may report, by class name; anything else is a HostError.
 _ERRORS: dict[str, type[errors.HostError]] = {
@@ -193,6 +194,9 @@ def ensure_holder(settings: Settings, env: Mapping[str, str] | None = None) -> P
     except (OSError, errors.FleetError) as exc:
         log.info("ssh holder: %s; connecting directly", exc)
         return None
+    if len(os.fsencode(path)) > MAX_SOCKET_PATH:
+        log.info("ssh holder: %s is too long for a unix socket; connecting directly", path)
+        return None
     if alive(path):
         return path
     log_file = path.with_suffix(".log")
@@ -257,18 +261,22 @@ class HeldChannel:
         self._out += data
 
     def read_line(self, *, timeout: float, limit: int = 64 << 20) -> bytes:
-        answer = self._conn.ask(
-            {
-                "op": "ask",
-                "address": self._address,
-                "port": self._port,
-                "data": self._out.decode("utf-8"),
-                "timeout": timeout,
-                "limit": limit,
-            },
-            timeout,
-        )
-        self._out.clear()
+        body = {
+            "op": "ask",
+            "address": self._address,
+            "port": self._port,
+            "data": self._out.decode("utf-8"),
+            "timeout": timeout,
+            "limit": limit,
+        }
+        try:
+            answer = self._conn.ask(body, timeout)
+        except HolderGone:  # the same exchange over a connection of our own
+            with self._conn.direct().open_tcp(self._address, self._port, timeout=timeout) as chan:
+                chan.sendall(bytes(self._out), timeout=timeout)
+                return chan.read_line(timeout=timeout, limit=limit)
+        finally:
+            self._out.clear()
         return str(answer.get("line", "")).encode("utf-8")
 
     def close(self) -> None:
@@ -281,8 +289,13 @@ class HeldChannel:
         self.close()
 
 
+class HolderGone(Exception):
+    """The holder itself did not answer (not the host): use a connection of our own."""
+
+
 class HeldConnection:
-    """One host through the holder; direct SSH for anything but the observe port."""
+    """One host through the holder; direct SSH for anything but the observe port,
+    and for everything once the holder has failed to answer."""
 
     def __init__(
         self,
@@ -297,23 +310,36 @@ class HeldConnection:
         self.host = host
         self.target = target
         self.timeout = timeout
-        self._direct = direct
+        self.direct = direct
+        self.gone = False  # the holder failed to answer once: direct from then on
 
     def ask(self, body: dict[str, Any], timeout: float) -> dict[str, Any]:
+        """One request about this host; ``HolderGone`` if the holder does not answer."""
+        if self.gone:
+            raise HolderGone(self.path)
         full = {**body, "host": self.host, "target": _target_json(self.target)}
         try:
             # The holder's own connect has its retries and timeouts: allow for them.
             answer = request(self.path, full, timeout + 3 * self.timeout)
         except (OSError, ValueError) as exc:
-            raise errors.HostUnreachable(self.host, f"ssh holder {self.path}: {exc}") from exc
+            self.gone = True
+            log.info("%s: ssh holder %s: %s; connecting directly", self.host, self.path, exc)
+            raise HolderGone(self.path) from exc
         _raise_if_error(self.host, answer)
         return answer
 
     def connect(self) -> None:
         """The holder's connection to the host is up (made now if need be), pin verified."""
-        self.ask({"op": "connect"}, self.timeout)
+        try:
+            self.ask({"op": "connect"}, self.timeout)
+        except HolderGone:
+            self.direct().connect()
 
-    def open_tcp(self, address: str, port: int, *, timeout: float | None = None) -> HeldChannel:
+    def open_tcp(
+        self, address: str, port: int, *, timeout: float | None = None
+    ) -> HeldChannel | ssh.TCPChannel:
+        if self.gone:
+            return self.direct().open_tcp(address, port, timeout=timeout)
         return HeldChannel(self, address, port)
 
     def exec(
@@ -324,4 +350,4 @@ class HeldConnection:
         on_line: Callable[[str], None] | None = None,
         timeout: float | None = None,
     ) -> ssh.ExecResult:
-        return self._direct().exec(command, stdin=stdin, on_line=on_line, timeout=timeout)
+        return self.direct().exec(command, stdin=stdin, on_line=on_line, timeout=timeout)

@@ -23,8 +23,10 @@ import argparse
 import json
 import logging
 import os
+import signal
 import socket
 import struct
+import sys
 import threading
 import time
 from collections.abc import Sequence
@@ -185,6 +187,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         return 1
     if not args.foreground and os.fork() > 0:
         return 0  # the starter waits for this exit; the child holds on (no threads yet)
+    # SIGTERM ends it as an idle timeout does: socket removed, connections closed.
+    signal.signal(signal.SIGTERM, lambda *_: sys.exit(0))
     pool = ssh.SSHPool(credentials, policy, ssh.SSHOptions(netns=args.netns))
     run(args.socket, pool, args.idle)
     return 0

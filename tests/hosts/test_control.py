@@ -21,7 +21,7 @@ import pytest
 from fleet import errors
 from fleet.model import SSHTarget
 from hostagent import listener
-from reconciler.hosts import control
+from reconciler.hosts import control, hostkeys, ssh
 from tests.hosts.sshd import SSHDaemon, free_port, keygen
 from tests.hosts.test_observe_port import agent, client, data_dir, host, line_server
 
@@ -168,3 +168,22 @@ def test_changed_pins_or_key_or_namespace_get_another_holder(tmp_path):
     assert (
         control.socket_path(control.Settings(str(other), str(known), None, 60.0), tmp_path) != again
     )
+
+
+def test_when_the_holder_does_not_answer_the_command_connects_itself(sshd, creds, fast, tmp_path):
+    own = ssh.SSHConnection("sea-1", sshd.target(), creds, hostkeys.HostKeyPolicy(), fast)
+    conn = control.HeldConnection(tmp_path / "none.sock", "sea-1", sshd.target(), lambda: own)
+    with line_server() as port:
+        conn.connect()
+        assert ask(conn, port, "hi\n") == b"got: hi\n"
+    assert conn.gone and sshd.accepts() == 1
+    own.close()
+
+
+def test_sigterm_removes_the_socket(sshd, env):
+    with holder(sshd, env) as path:
+        os.kill(pid_of(path), signal.SIGTERM)
+        deadline = time.monotonic() + 10
+        while path.exists() and time.monotonic() < deadline:
+            time.sleep(0.05)
+        assert not path.exists()
