@@ -47,13 +47,19 @@ def test_chosen(argv: list[str], command: str | None) -> None:
     assert cli.chosen(argv) == command
 
 
+def python(code: str) -> str:
+    """What a fresh interpreter running ``code`` prints."""
+    return subprocess.run(
+        [sys.executable, "-c", code], capture_output=True, text=True, check=True
+    ).stdout
+
+
 def test_observe_imports_neither_the_planner_nor_other_commands() -> None:
-    code = (
+    out = python(
         "import sys; from reconciler import cli; cli.parser(['observe']); "
         "print(' '.join(sorted(sys.modules)))"
     )
-    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
-    loaded = set(out.stdout.split())
+    loaded = set(out.split())
     assert "reconciler.commands.observe" in loaded
     for absent in ("reconciler.commands.plan", "reconciler.commands.hosts",
                    "reconciler.commands.gitops", "reconciler.core.planner",
@@ -66,28 +72,25 @@ def test_observe_imports_neither_the_planner_nor_other_commands() -> None:
 
 
 def test_the_transport_loads_paramiko_without_invoke_and_leaves_invoke_importable() -> None:
-    code = (
+    out = python(
         "import sys, importlib.util; from reconciler.hosts import ssh; import paramiko.config; "
         "print('invoke' in sys.modules, paramiko.config.invoke is None, "
         "importlib.util.find_spec('invoke') is not None)"
     )
-    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
-    loaded, disabled, findable = out.stdout.split()
+    loaded, disabled, findable = out.split()
     assert (loaded, disabled) == ("False", "True")
     if findable == "True":  # installed (paramiko depends on it): still importable afterwards
         after = "from reconciler.hosts import ssh; import invoke; print(invoke.__name__)"
-        run = subprocess.run([sys.executable, "-c", after], capture_output=True, text=True)
-        assert run.stdout.strip() == "invoke", run.stderr
+        assert python(after).strip() == "invoke"
 
 
 def test_help_lists_every_command_without_importing_them() -> None:
-    code = (
+    out = python(
         "import sys; from reconciler import cli; text = cli.parser([]).format_help(); "
         "print(sorted(m for m in sys.modules if m.startswith('reconciler.commands.'))); "
         "print(text)"
     )
-    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
-    first, _, text = out.stdout.partition("\n")
+    first, _, text = out.partition("\n")
     assert first == "[]"
     for c in cli.COMMANDS:
         assert c.name in text
