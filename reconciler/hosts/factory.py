@@ -94,7 +94,9 @@ def ssh_factory(
     settings = ssh_settings(ssh_key, known_hosts)
     if settings.ssh_key:
         control.key_outside_repo(settings.ssh_key, "ssh key", fleet_dir)
-    persist = control.persist_seconds()
+    # No key file and no agent: no holder to start; the direct path says what is missing.
+    has_key = bool(settings.ssh_key or os.environ.get("SSH_AUTH_SOCK"))
+    persist = control.persist_seconds() if has_key else 0.0
     held = control.ensure_holder(
         control.Settings(settings.ssh_key, settings.known_hosts, settings.netns, persist)
     )

@@ -10,7 +10,7 @@ import pytest
 import support
 
 from reconciler import cli
-from reconciler.lab import lab
+from reconciler.lab import paths as lab_paths
 from reconciler.state import sqlite
 
 
@@ -52,7 +52,7 @@ def test_plan_error_exits_1_with_one_line(
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1 and err[0].startswith("error: ") and "none.json" in err[0]
     # Live hosts go over SSH; with no key anywhere that is one clear line too.
-    monkeypatch.setattr(lab, "DEFAULT_DIR", tmp_path / "no-lab")
+    monkeypatch.setattr(lab_paths, "DEFAULT_DIR", tmp_path / "no-lab")
     for name in ("FLEET_SSH_KEY", "FLEET_KNOWN_HOSTS", "SSH_AUTH_SOCK", "FLEET_HOSTS"):
         monkeypatch.delenv(name, raising=False)
     assert cli.main(["plan", "--fleet", str(fleet)]) == 1

@@ -27,6 +27,8 @@ class Lab:
             **os.environ,
             "FLEET_LAB_DIR": str(self.directory),
             "FLEET_LAB_PREFIX": self.prefix,
+            # SSH connection holders of this lab's commands live (and end) with the lab
+            "FLEET_SSH_CONTROL_DIR": str(self.directory / "ssh-control"),
         }
 
     def reconcile(self, *args: str, check: bool = True) -> subprocess.CompletedProcess[str]:
