@@ -133,6 +133,8 @@ def test_fast_etags_equal_the_canonical_etag(tmp_path: Path) -> None:
         parts = desired.AppParts(fleet.apps[slot.app], world.anycast[slot.app])
         spec, tag = parts.machine(slot, world.host_prefixes["ams-1"])
         assert tag == observed.etag(spec)
+        address = fleet_compile.machine_address(world.host_prefixes["ams-1"], slot.id)
+        assert spec["address"] == str(address)
         route = parts.route("ams-1", ["ams#2", "ams#1"])
         assert route.etag == observed.etag(route.spec)
 
