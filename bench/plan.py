@@ -24,7 +24,6 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import gc
-import json
 import tempfile
 import time
 import tracemalloc
@@ -109,7 +108,7 @@ def main() -> None:
         root = genfleet.generate(Path(tmp) / "fleet", a.hosts, a.apps, a.machines)
         fleet = load.load_dir(root)
         snap_path = Path(tmp) / "observed.json"
-        snap_path.write_text(json.dumps(observed.snapshot_to_json(applied_snapshot(fleet))))
+        snap_path.write_text(observed.dumps(applied_snapshot(fleet)))  # as observe --save
         n_machines = sum(x.machine_count for x in fleet.apps.values())
         print(
             f"fleet: {len(fleet.hosts)} hosts, {len(fleet.apps)} apps, {n_machines} machines; "

@@ -31,9 +31,57 @@ def test_snapshot_round_trip_matches_the_published_schema(tmp_path: Path) -> Non
     snap = hosts.observe_all()
     raw = observed.snapshot_to_json(snap)
     jsonschema.validate(raw, SCHEMA)
+    saved = json.loads(observed.dumps(snap))
+    jsonschema.validate(saved, SCHEMA)
     again = observed.loads(observed.dumps(snap))
     assert observed.snapshot_to_json(again) == raw
     assert not again.hosts["sea-2"].reachable and again.hosts["sea-2"].error == "timed out"
+
+
+def test_a_saved_snapshot_stores_each_spec_value_once(tmp_path: Path) -> None:
+    fleet = support.load(support.fleet_dir(tmp_path))
+    hosts = support.hosts_for(fleet)
+    support.run(support.plan(fleet, hosts), hosts, sqlite.SqliteBackend(str(tmp_path / "s.db")))
+    snap = hosts.observe_all()
+    saved = json.loads(observed.dumps(snap))
+    assert saved["format_version"] == 2
+    texts = [observed.canonical(v) for v in saved["spec_values"]]
+    assert len(texts) == len(set(texts))
+    machines = [r for o in snap.hosts.values() for r in o.resources if r.kind == "machine"]
+    images = {r.spec["image"] for r in machines}
+    assert len(machines) > len(images) and sorted(images) == sorted(
+        v for v in saved["spec_values"] if isinstance(v, str) and v in images
+    )
+    for raw in (r for h in saved["hosts"] for r in h["resources"]):
+        assert "spec" not in raw and raw["spec_ref"]
+    # Each spec reads back equal, key order included; one key reads alone.
+    again = observed.loads(json.dumps(saved))
+    for name, obs in snap.hosts.items():
+        for before, after in zip(obs.resources, again.hosts[name].resources, strict=True):
+            assert isinstance(after.spec, observed.PooledSpec)
+            assert after.spec.get("app") == before.spec.get("app")
+            assert list(after.spec.items()) == list(before.spec.items())
+            assert after.spec == before.spec and after.etag == observed.etag(after.spec)
+
+
+def test_a_damaged_saved_snapshot_is_one_clear_error(tmp_path: Path) -> None:
+    fleet = support.load(support.fleet_dir(tmp_path))
+    hosts = support.hosts_for(fleet)
+    support.run(support.plan(fleet, hosts), hosts, sqlite.SqliteBackend(str(tmp_path / "s.db")))
+    saved = json.loads(observed.dumps(hosts.observe_all()))
+    bad_keys = {**saved, "spec_keys": [["app", 3]]}
+    with pytest.raises(FleetError, match=r"obs\.json: \$\.spec_keys"):
+        observed.loads(json.dumps(bad_keys), "obs.json")
+    for ref in ("9999", "0 99999 1", "x", "", "0 -1"):
+        raw = json.loads(json.dumps(saved))
+        raw["hosts"][0]["resources"][0]["spec_ref"] = ref
+        spec = observed.loads(json.dumps(raw), "obs.json").hosts[raw["hosts"][0]["host"]]
+        with pytest.raises(FleetError, match=r"obs\.json: spec_ref .* save it again"):
+            dict(spec.resources[0].spec)
+    raw = json.loads(json.dumps(saved))
+    del raw["hosts"][0]["resources"][0]["spec_ref"]
+    with pytest.raises(ProtocolError, match=r"\$\.resources\[0\]\.spec_ref: missing"):
+        observed.loads(json.dumps(raw), "obs.json")
 
 
 def test_malformed_observe_answer_names_host_and_path() -> None:
