@@ -9,7 +9,7 @@ from pathlib import Path
 import jsonschema
 import pytest
 import support
-from hypothesis import given
+from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from fleet import compile as fleet_compile
@@ -167,6 +167,28 @@ def test_diff_reports_leaves_with_their_effect() -> None:
     assert diff.forces_replace(items)
     route = diff.diff({"backends": ["a"]}, {"backends": ["a", "b"]}, resources.Kind.ROUTE)
     assert not diff.forces_replace(route)
+
+
+_LEAVES = st.none() | st.booleans() | st.integers(-3, 3) | st.sampled_from([0.0, 1.0, 2.5])
+_JSON = st.recursive(
+    _LEAVES | st.text("ab", max_size=2),
+    lambda inner: (
+        st.lists(inner, max_size=3) | st.dictionaries(st.text("xyz", max_size=1), inner, max_size=3)
+    ),
+    max_leaves=8,
+)
+_SPECS = st.dictionaries(st.sampled_from(["image", "env", "vm", "restart", "services"]), _JSON)
+
+
+@settings(max_examples=300, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(_SPECS, _SPECS)
+def test_diff_of_changed_keys_only_equals_deepdiff_of_whole_specs(
+    before: dict[str, object], after: dict[str, object]
+) -> None:
+    kind = resources.Kind.MACHINE
+    whole = diff._deepdiff(before, after, kind, resources.rules(kind))
+    expected = sorted(whole, key=lambda i: [str(p) for p in i.path])
+    assert list(diff.diff(before, after, kind)) == expected
 
 
 @given(st.integers(min_value=0, max_value=2**128 - 1))
