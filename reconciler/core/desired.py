@@ -101,15 +101,17 @@ _ntop = socket.inet_ntop
 _AF_INET6 = socket.AF_INET6
 
 
-@functools.lru_cache(maxsize=4096)
-def _host_bits(prefix: ipaddress.IPv6Network) -> tuple[int, int]:
+HostBits = tuple[int, int]
+
+
+def host_bits(prefix: ipaddress.IPv6Network) -> HostBits:
     """``(network address, suffix modulus)`` of a host prefix, for :func:`machine_address_text`."""
     return int(prefix.network_address), (1 << (128 - prefix.prefixlen)) - 2
 
 
-def machine_address_text(prefix: ipaddress.IPv6Network, slot_id: str) -> str:
-    """``str(fleet.compile.machine_address(prefix, slot_id))``, faster (once per slot per plan)."""
-    base, modulus = _host_bits(prefix)
+def machine_address_text(bits: HostBits, slot_id: str) -> str:
+    """``str(fleet.compile.machine_address(prefix, slot_id))``, given ``host_bits(prefix)``."""
+    base, modulus = bits
     return v6_text(base + fleet_compile.slot_hash(slot_id) % modulus + 2)
 
 
@@ -219,20 +221,20 @@ class AppParts:
         caller has them already.
         """
         addr, tag = self.machine_etag(
-            slot.region, prefix, slot.id if slot_id is None else slot_id,
+            slot.region, host_bits(prefix), slot.id if slot_id is None else slot_id,
             slot.key if slot_key is None else slot_key,
         )  # fmt: skip
         return self.machine_spec(slot.region, slot.key if slot_key is None else slot_key, addr), tag
 
     def machine_etag(
-        self, region: str, prefix: ipaddress.IPv6Network, slot_id: str, slot_key: str
+        self, region: str, bits: HostBits, slot_id: str, slot_key: str
     ) -> tuple[str, str]:
         """``(address, etag)`` of the slot's machine spec, without building the spec.
 
         A no-op plan needs only the etag of each slot (to compare with what the
         host reports); the spec is built for the few slots that change.
         """
-        addr = machine_address_text(prefix, slot_id)
+        addr = machine_address_text(bits, slot_id)
         return addr, self.machine_tpl.etag_in_order(f'"{addr}"', _key(region), _key(slot_key))
 
     def machine_spec(self, region: str, slot_key: str, addr: str) -> dict[str, Json]:

@@ -49,6 +49,7 @@ def plan_machines(
     wanted: set[str] = set()
     deferred, hosts, prefixes = placement.deferred, placement.hosts, world.host_prefixes
     no_found: list[tuple[str, observed.Resource]] = []
+    bits: dict[str, desired.HostBits] = {}  # host -> its prefix as ints, once per host
     for slot in world.slots:
         slot_id = slot.id  # a property that formats a string: once per slot
         wanted.add(slot_id)
@@ -62,7 +63,10 @@ def plan_machines(
         on_host[host][app_name].append(slot_key)
         app = fleet.apps[app_name]
         app_parts = parts[app_name]
-        address_text, tag = app_parts.machine_etag(slot.region, prefixes[host], slot_id, slot_key)
+        host_bits = bits.get(host)
+        if host_bits is None:
+            host_bits = bits[host] = desired.host_bits(prefixes[host])
+        address_text, tag = app_parts.machine_etag(slot.region, host_bits, slot_id, slot_key)
         found = observed_machines.get(slot_id, no_found)
         if len(found) == 1 and found[0][0] == host and found[0][1].etag == tag:
             # The common case, as _machine would settle it: one instance, in place, same

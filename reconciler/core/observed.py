@@ -130,17 +130,25 @@ class PooledSpec(Mapping[str, Json]):
         if parts is None:
             parts = self._ref.split()
             keys = self._pool.keys
-            k = parts[0] if parts else ""
-            if not (k.isdecimal() and int(k) < len(keys) and len(parts) == len(keys[int(k)]) + 1):
+            try:
+                k = int(parts[0])
+                ok = 0 <= k < len(keys) and len(parts) == len(keys[k]) + 1
+            except (IndexError, ValueError):
+                ok = False
+            if not ok:
                 raise self._bad()
             self._refs = parts
         return parts
 
     def _value(self, ref: str) -> Json:
         values = self._pool.values
-        if not (ref.isdecimal() and int(ref) < len(values)):
+        try:
+            i = int(ref)
+        except ValueError:
+            raise self._bad() from None
+        if not 0 <= i < len(values):
             raise self._bad()
-        return values[int(ref)]
+        return values[i]
 
     def decoded(self) -> dict[str, Json]:
         """The spec as a plain dict (made once)."""
@@ -152,9 +160,12 @@ class PooledSpec(Mapping[str, Json]):
         return d
 
     def get(self, key: str, default: Any = None) -> Any:
-        if self._dict is not None:
-            return self._dict.get(key, default)
-        parts = self._parts()
+        d = self._dict
+        if d is not None:
+            return d.get(key, default)
+        parts = self._refs
+        if parts is None:
+            parts = self._parts()
         at = self._pool.positions[int(parts[0])].get(key)
         return default if at is None else self._value(parts[at + 1])
 
@@ -525,7 +536,7 @@ def _resources(
     rd: _Reader, raw_resources: list[Json], pool: SpecPool | None
 ) -> tuple[Resource, ...]:
     out = [_resource_fast(r, pool) for r in raw_resources]
-    if None in out:  # something unusual: the slow path says what, where
+    if not all(out):  # something unusual (a None): the slow path says what, where
         out = [
             res if res is not None else _resource(rd, raw_resources[i], f"$.resources[{i}]", pool)
             for i, res in enumerate(out)
