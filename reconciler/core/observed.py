@@ -91,13 +91,12 @@ class SpecPool:
     source: str
     keys: tuple[tuple[str, ...], ...]
     values: list[Json]
-    positions: tuple[Mapping[str, int], ...]  # per key list: key -> its index
+    positions: tuple[Mapping[str, int], ...]  # per key list: key -> its place in a spec_ref
 
     @staticmethod
     def of(source: str, keys: tuple[tuple[str, ...], ...], values: list[Json]) -> SpecPool:
-        return SpecPool(
-            source, keys, values, tuple({k: i for i, k in enumerate(ks)} for ks in keys)
-        )
+        at = tuple({k: i for i, k in enumerate(ks, start=1)} for ks in keys)
+        return SpecPool(source, keys, values, at)
 
 
 class PooledSpec(Mapping[str, Json]):
@@ -110,12 +109,13 @@ class PooledSpec(Mapping[str, Json]):
     the file, raised when the spec is first read.
     """
 
-    __slots__ = ("_dict", "_pool", "_ref", "_refs")
+    __slots__ = ("_at", "_dict", "_pool", "_ref", "_refs")
 
     def __init__(self, pool: SpecPool, ref: str) -> None:
         self._pool = pool
         self._ref = ref
-        self._refs: list[str] | None = None
+        self._refs: list[str] | None = None  # the reference, split
+        self._at: Mapping[str, int] | None = None  # key -> its place in _refs
         self._dict: dict[str, Json] | None = None
 
     def _bad(self) -> FleetError:
@@ -138,6 +138,7 @@ class PooledSpec(Mapping[str, Json]):
             if not ok:
                 raise self._bad()
             self._refs = parts
+            self._at = self._pool.positions[k]
         return parts
 
     def _value(self, ref: str) -> Json:
@@ -166,8 +167,8 @@ class PooledSpec(Mapping[str, Json]):
         parts = self._refs
         if parts is None:
             parts = self._parts()
-        at = self._pool.positions[int(parts[0])].get(key)
-        return default if at is None else self._value(parts[at + 1])
+        at = self._at.get(key) if self._at is not None else None
+        return default if at is None else self._value(parts[at])
 
     def __getitem__(self, key: str) -> Json:
         return self.decoded()[key]
@@ -453,8 +454,8 @@ _HEALTHS: Mapping[str, Health] = {h.value: h for h in Health}
 
 
 _new_pooled = PooledSpec.__new__
-_p_dict, _p_pool, _p_ref, _p_refs = (
-    PooledSpec.__dict__[n].__set__ for n in ("_dict", "_pool", "_ref", "_refs")
+_p_at, _p_dict, _p_pool, _p_ref, _p_refs = (
+    PooledSpec.__dict__[n].__set__ for n in ("_at", "_dict", "_pool", "_ref", "_refs")
 )
 _DEFAULT_STATUS = Status()  # frozen: one shared by every resource that reports none
 
@@ -485,6 +486,7 @@ def _resource_fast(raw: Json, pool: SpecPool | None = None) -> Resource | None:
         _p_pool(spec, pool)
         _p_ref(spec, ref)
         _p_refs(spec, None)
+        _p_at(spec, None)
         _p_dict(spec, None)
     status_raw = get("status")
     actual = get("actual")

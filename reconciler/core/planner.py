@@ -57,6 +57,7 @@ class _Index:
     prefixes: dict[str, ipaddress.IPv6Network] = field(default_factory=dict)
     kinds: dict[str, frozenset[str]] = field(default_factory=dict)  # empty: all kinds
     anycast: dict[str, model.AppAddresses] = field(default_factory=dict)
+    announced: dict[str, set[str]] = field(default_factory=lambda: defaultdict(set))  # app -> hosts
     warnings: list[P.Warning] = field(default_factory=list)
 
 
@@ -91,6 +92,8 @@ def _index(fleet: model.Fleet, snap: observed.Snapshot) -> _Index:
                     announced = r.spec.get("app")
                     if not (type(announced) is str and announced in idx.anycast):  # once per app
                         _note_anycast(idx, r)
+                    if r.spec.get("prefixes"):
+                        idx.announced[str(announced)].add(name)
     for name in sorted(snap.hosts):
         if name not in fleet.hosts:
             idx.warnings.append(
@@ -146,7 +149,7 @@ def make(
     ordered, rollouts = rollout.order(acc.works, fleet)
     chosen, excluded = select.select(ordered, options.targets, options.excludes)
     changes = tuple(w.change for w in chosen)
-    guards.check(changes, idx_machines_by_region(world, idx), _announced(idx), options)
+    guards.check(changes, idx_machines_by_region(world, idx), idx.announced, options)
     steps = tuple(s for w in chosen for s in w.steps)
     return P.Plan(
         fleet=origin,
@@ -189,16 +192,6 @@ def idx_machines_by_region(world: model.DesiredWorld, idx: _Index) -> dict[str, 
             h = world.fleet.hosts.get(host)
             if h is not None:
                 out[h.region] += 1
-    return out
-
-
-def _announced(idx: _Index) -> dict[str, set[str]]:
-    out: dict[str, set[str]] = defaultdict(set)
-    for (host, kind), by_id in idx.others.items():
-        if kind is Kind.ANNOUNCEMENT:
-            for r in by_id.values():
-                if r.spec.get("prefixes"):
-                    out[str(r.spec.get("app"))].add(host)
     return out
 
 
@@ -333,10 +326,8 @@ def _reconcile_kind(
             acc.warnings.append(P.Warning(d.address, "drift: live state differs from last applied"))
         else:
             acc.noops.append(P.Noop(d.address, noop_text.format(id=d.id)))
-    wanted_ids = {d.id for d in wanted}
-    for rid, r in sorted(seen.items()):
-        if rid in wanted_ids:
-            continue
+    for rid in sorted(seen.keys() - {d.id for d in wanted}):
+        r = seen[rid]
         addr = address.host_resource(host, kind, rid)
         app = str(r.spec.get("app")) if kind is not Kind.IMAGE else None
         reason = (
