@@ -16,6 +16,7 @@ dangerous plans. Every resource that needs nothing gets a no-op with its reason.
 from __future__ import annotations
 
 import ipaddress
+import operator
 from collections import defaultdict
 from collections.abc import Mapping
 from dataclasses import dataclass, field
@@ -39,6 +40,7 @@ from reconciler.core import plan as P
 
 Kind = resources.Kind
 _DEFAULT_OPTIONS = P.Options()
+_by_address = operator.attrgetter("address")
 
 
 @dataclass(slots=True)
@@ -64,6 +66,11 @@ class _Index:
 def _index(fleet: model.Fleet, snap: observed.Snapshot) -> _Index:
     idx = _Index()
     machines_idx, others = idx.machines, idx.others
+    fleet_owner, machine_kind, machine_slot = (
+        observed.OWNER_FLEET,
+        Kind.MACHINE,
+        address.machine_slot,
+    )
     for name in sorted(fleet.hosts):
         obs = snap.hosts.get(name)
         if obs is None:
@@ -79,15 +86,19 @@ def _index(fleet: model.Fleet, snap: observed.Snapshot) -> _Index:
                 idx.prefixes[name] = ipaddress.IPv6Network(obs.facts.private_prefix)
             except ValueError:
                 idx.warnings.append(P.Warning(f"host.{name}", "reports an invalid private prefix"))
+        by_kind: dict[Kind, dict[str, observed.Resource]] = {}  # others[(name, kind)]
         for r in obs.resources:
             kind = r.kind
-            if r.owner != observed.OWNER_FLEET:  # not r.managed: a property call per resource
+            if r.owner != fleet_owner:  # not r.managed: a property call per resource
                 idx.unmanaged.append((name, r))
-            elif kind is Kind.MACHINE:
-                app, slot = address.machine_slot(r.id, r.spec)
+            elif kind is machine_kind:
+                app, slot = machine_slot(r.id, r.spec)
                 machines_idx[f"{app}/{slot}"].append((name, r))
             else:
-                others[(name, kind)][r.id] = r
+                of_kind = by_kind.get(kind)
+                if of_kind is None:
+                    of_kind = by_kind[kind] = others[(name, kind)]
+                of_kind[r.id] = r
                 if kind is Kind.ANNOUNCEMENT:
                     announced = r.spec.get("app")
                     if not (type(announced) is str and announced in idx.anycast):  # once per app
@@ -158,7 +169,7 @@ def make(
         options=options,
         changes=_sorted_changes(changes),
         steps=steps,
-        noops=tuple(sorted(acc.noops, key=lambda n: n.address)),
+        noops=tuple(sorted(acc.noops, key=_by_address)),  # 40,000 in a no-op plan
         unmanaged=tuple(
             P.Unmanaged(address.host_resource(h, r.kind, r.id), h, r.kind, r.id, r.owner)
             for h, r in sorted(idx.unmanaged, key=lambda x: (x[0], x[1].kind, x[1].id))
