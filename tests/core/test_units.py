@@ -15,7 +15,7 @@ from hypothesis import strategies as st
 from fleet import compile as fleet_compile
 from fleet.errors import FleetError, PlanError, ProtocolError
 from providers import resources
-from reconciler.core import desired, diff, observed, planfile, rollout, schedule
+from reconciler.core import desired, diff, observed, planfile, rollout, schedule, specpool
 from reconciler.state import sqlite
 
 SCHEMA = json.loads(
@@ -58,7 +58,7 @@ def test_a_saved_snapshot_stores_each_spec_value_once(tmp_path: Path) -> None:
     again = observed.loads(json.dumps(saved))
     for name, obs in snap.hosts.items():
         for before, after in zip(obs.resources, again.hosts[name].resources, strict=True):
-            assert isinstance(after.spec, observed.PooledSpec)
+            assert isinstance(after.spec, specpool.PooledSpec)
             assert after.spec.get("app") == before.spec.get("app")
             assert list(after.spec.items()) == list(before.spec.items())
             assert after.spec == before.spec and after.etag == observed.etag(after.spec)
