@@ -167,10 +167,15 @@ def slots(fleet: model.Fleet) -> tuple[model.MachineSlot, ...]:
     return tuple(out)
 
 
+# The hash that places a machine slot's address inside its host's prefix (public
+# for the planner, which formats 100,000 addresses without building IPv6Address).
+slot_hash = _hash
+
+
 def machine_address(prefix: ipaddress.IPv6Network, slot_id: str) -> ipaddress.IPv6Address:
     """A machine's stable private address inside its host's /64 (never ::0 or ::1)."""
     host_bits = 128 - prefix.prefixlen
-    suffix = _hash(slot_id) % ((1 << host_bits) - 2) + 2
+    suffix = slot_hash(slot_id) % ((1 << host_bits) - 2) + 2
     return ipaddress.IPv6Address(int(prefix.network_address) + suffix)
 
 

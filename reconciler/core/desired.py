@@ -9,6 +9,8 @@ has a few hundred distinct apps), then each slot adds its own fields.
 from __future__ import annotations
 
 import functools
+import ipaddress
+import socket
 from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
@@ -70,6 +72,10 @@ def auto_stop(app: model.App) -> model.AutoStop:
 
 def v6_text(value: int) -> str:
     """RFC 5952 text of an IPv6 address given as an int: ``str(IPv6Address)``, faster."""
+    if value >> 80:
+        # The C formatter agrees with ipaddress except for the IPv4-compatible and
+        # IPv4-mapped forms (first 80 bits zero), which it writes dotted.
+        return _ntop(_AF_INET6, value.to_bytes(16, "big"))
     hextets = [(value >> (112 - 16 * i)) & 0xFFFF for i in range(8)]
     best_start, best_len, run_start, run_len = -1, 0, -1, 0
     for i, h in enumerate(hextets):
@@ -89,6 +95,24 @@ def v6_text(value: int) -> str:
         if best_start + best_len == 8:
             parts.append("")
     return ":".join(parts)
+
+
+_ntop = socket.inet_ntop
+_AF_INET6 = socket.AF_INET6
+
+
+HostBits = tuple[int, int]
+
+
+def host_bits(prefix: ipaddress.IPv6Network) -> HostBits:
+    """``(network address, suffix modulus)`` of a host prefix, for :func:`machine_address_text`."""
+    return int(prefix.network_address), (1 << (128 - prefix.prefixlen)) - 2
+
+
+def machine_address_text(bits: HostBits, slot_id: str) -> str:
+    """``str(fleet.compile.machine_address(prefix, slot_id))``, given ``host_bits(prefix)``."""
+    base, modulus = bits
+    return v6_text(base + fleet_compile.slot_hash(slot_id) % modulus + 2)
 
 
 @functools.lru_cache(maxsize=4096)
@@ -124,6 +148,13 @@ class _Template:
                 text += fixed[k]
         pieces.append(text + "}")
         self.pieces = pieces
+        self.order = tuple(sorted(varying))  # the varying keys in text order
+
+    def etag_in_order(self, *values: str) -> str:
+        """The etag with the varying keys' texts given in ``self.order``."""
+        pieces = self.pieces.copy()
+        pieces[1::2] = values
+        return observed.digest_text("".join(pieces))
 
     def etag(self, values: Mapping[str, str]) -> str:
         """The etag with ``values`` (canonical JSON text) for the varying keys."""
@@ -167,6 +198,7 @@ class AppParts:
         }
         self.route_parts = {k: observed.canonical(v) for k, v in self.route_base.items()}
         self.machine_tpl = _Template(self.base_parts, ("slot", "region", "address"))
+        assert self.machine_tpl.order == ("address", "region", "slot")
         self.route_tpl = _Template(self.route_parts, ("backends",))
         self.announcement_spec = {
             "app": app.name,
@@ -188,19 +220,29 @@ class AppParts:
         ``slot_id`` and ``slot_key`` are ``slot.id`` and ``slot.key`` when the
         caller has them already.
         """
-        if slot_id is None:
-            slot_id = slot.id
-        if slot_key is None:
-            slot_key = slot.key
-        addr = v6_text(int(fleet_compile.machine_address(prefix, slot_id)))
+        addr, tag = self.machine_etag(
+            slot.region, host_bits(prefix), slot.id if slot_id is None else slot_id,
+            slot.key if slot_key is None else slot_key,
+        )  # fmt: skip
+        return self.machine_spec(slot.region, slot.key if slot_key is None else slot_key, addr), tag
+
+    def machine_etag(
+        self, region: str, bits: HostBits, slot_id: str, slot_key: str
+    ) -> tuple[str, str]:
+        """``(address, etag)`` of the slot's machine spec, without building the spec.
+
+        A no-op plan needs only the etag of each slot (to compare with what the
+        host reports); the spec is built for the few slots that change.
+        """
+        addr = machine_address_text(bits, slot_id)
+        return addr, self.machine_tpl.etag_in_order(f'"{addr}"', _key(region), _key(slot_key))
+
+    def machine_spec(self, region: str, slot_key: str, addr: str) -> dict[str, Json]:
         spec = dict(self.base)
         spec["slot"] = slot_key
-        spec["region"] = slot.region
+        spec["region"] = region
         spec["address"] = addr
-        tag = self.machine_tpl.etag(
-            {"slot": _key(slot_key), "region": _key(slot.region), "address": f'"{addr}"'}
-        )
-        return spec, tag
+        return spec
 
     def route(self, host: str, slots: list[str]) -> Desired:
         backends = sorted(slots)

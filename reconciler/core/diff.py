@@ -14,6 +14,7 @@ from typing import Any
 
 from fleet.errors import PlanError
 from providers import resources
+from reconciler.core import observed
 
 
 class _Missing:
@@ -45,19 +46,49 @@ def strip_runtime(value: Mapping[str, Any], rules: resources.Rules) -> dict[str,
     return {k: v for k, v in value.items() if k not in rules.runtime_fields}
 
 
+_SCALARS = (str, int, float, bool, type(None))
+
+
 def diff(
     before: Mapping[str, Any], after: Mapping[str, Any], kind: resources.Kind
 ) -> tuple[DiffItem, ...]:
-    """Every changed leaf between ``before`` and ``after``, in path order."""
+    """Every changed leaf between ``before`` and ``after``, in path order.
+
+    Most of a changed spec is unchanged (a new image leaves a machine's other
+    dozen fields alone): top-level values whose canonical JSON is equal are
+    skipped, a top-level scalar or a key on one side only is reported directly,
+    and deepdiff walks only the remaining containers. The items are exactly
+    those deepdiff gives for the whole specs.
+    """
     rules = resources.rules(kind)
+    items = []
+    deeper_before: dict[str, Any] = {}
+    deeper_after: dict[str, Any] = {}
+    for key in {**before, **after}:
+        old = before.get(key, MISSING)
+        new = after.get(key, MISSING)
+        if old is MISSING or new is MISSING:
+            items.append(DiffItem((key,), old, new, rules.effect((key,))))
+        elif type(old) in _SCALARS and type(new) in _SCALARS:
+            if type(old) is not type(new) or old != new:
+                items.append(DiffItem((key,), old, new, rules.effect((key,))))
+        elif observed.canonical(old) != observed.canonical(new):
+            deeper_before[key] = old
+            deeper_after[key] = new
+    if deeper_before:
+        items += _deepdiff(deeper_before, deeper_after, kind, rules)
+    return tuple(sorted(items, key=lambda i: [str(p) for p in i.path]))
+
+
+def _deepdiff(
+    before: dict[str, Any], after: dict[str, Any], kind: resources.Kind, rules: resources.Rules
+) -> list[DiffItem]:
     # Imported here, not on top: ~60 ms that every `reconcile` command touching
     # plan types (observe, --help of plan) would pay, for a diff few runs need.
     import deepdiff  # noqa: PLC0415
 
     try:
-        result = deepdiff.DeepDiff(
-            dict(before), dict(after), view="tree", threshold_to_diff_deeper=0
-        )
+        result = deepdiff.DeepDiff(before, after, view="tree", threshold_to_diff_deeper=0)
     except Exception as exc:  # deepdiff raises assorted types on odd input
         raise PlanError(f"cannot compare {kind} specs: {exc}") from exc
     items = []
@@ -67,7 +98,7 @@ def diff(
             old = MISSING if _absent(level.t1) else level.t1
             new = MISSING if _absent(level.t2) else level.t2
             items.append(DiffItem(path, old, new, rules.effect(path)))
-    return tuple(sorted(items, key=lambda i: [str(p) for p in i.path]))
+    return items
 
 
 def _absent(value: Any) -> bool:

