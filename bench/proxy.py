@@ -7,12 +7,17 @@ proxies run master-worker with one thread on CPU 0; wrk and the backend run
 on CPU 1. The backend is HAProxy answering ``http-request return``, so it is
 never the bottleneck.
 
-The machine is shared and noisy, so the comparison is paired: every target
-gets a discarded warm-up run, then each round runs all three back to back
-(in a rotating order), and the ratio printed is the median over rounds of
-(generated rps / minimal rps) *of the same round*. Each proxy worker's CPU
-time per request (from /proc schedstat) is printed too: it moves much less
-with the machine's load than rps does.
+The machine is shared and noisy (rps of one proxy swung 3x between runs
+minutes apart), so the comparison is paired: every target gets a discarded
+warm-up run, then each round runs the three one after the other (rotating
+order), and the ratio printed is the median over rounds of (generated rps /
+minimal rps) *of the same round*. Each proxy worker's CPU time per request
+(from /proc schedstat) is printed too: its ratio moves much less with the
+machine's load than rps does, and rps ratio ~ 1 / CPU ratio while the proxy
+is the bottleneck. (Running the two proxies at the same time on one core
+gave tight ratios but squeezed them towards 1: neither was then always the
+bottleneck.) All three run in sessions of their own, as EdgeProxy starts
+ours: with autogroup scheduling a session is a CPU-sharing group.
 
 Then a one-route change: 20 trials of moving app ``web`` from one backend to
 another through the runtime API, timed until requests are answered by the new
@@ -98,34 +103,26 @@ def worker_cpu_ns(master: int) -> int:
     return total
 
 
-def measure(port: int, seconds: int, connections: int, master: int | None) -> Run:
+def measure(port: int, master: int | None, seconds: int, connections: int) -> Run:
+    """One wrk run against ``port``, and the CPU per request of HAProxy ``master``'s workers."""
     before = worker_cpu_ns(master) if master else 0
-    rps, p99, errors, requests = wrk(port, seconds, connections)
+    rps, p99, errors, requests = wrk_result(start_wrk(port, seconds, connections), seconds)
     cpu = (worker_cpu_ns(master) - before) / 1000 / max(requests, 1) if master else 0.0
     return Run(rps, p99, errors, cpu)
 
 
-def wrk(port: int, seconds: float, connections: int) -> tuple[float, float, int, int]:
+def start_wrk(port: int, seconds: float, connections: int) -> subprocess.Popen[str]:
+    argv = ["wrk", "-t1", f"-c{connections}", f"-d{seconds:g}s", "--latency"]
+    argv += ["-H", "Host: web.fleet.test", f"http://127.0.0.1:{port}/"]
+    return subprocess.Popen(
+        pinned(1, argv), stdout=subprocess.PIPE, text=True, start_new_session=True
+    )
+
+
+def wrk_result(proc: subprocess.Popen[str], seconds: float) -> tuple[float, float, int, int]:
     """rps, p99 ms, errors (non-2xx + socket errors), requests."""
-    out = subprocess.run(
-        pinned(
-            1,
-            [
-                "wrk",
-                "-t1",
-                f"-c{connections}",
-                f"-d{seconds:g}s",
-                "--latency",
-                "-H",
-                "Host: web.fleet.test",
-                f"http://127.0.0.1:{port}/",
-            ],
-        ),
-        capture_output=True,
-        text=True,
-        check=True,
-        timeout=seconds + 30,
-    ).stdout
+    out, _ = proc.communicate(timeout=seconds + 30)
+    assert proc.returncode == 0, out
     rps = float(re.search(r"Requests/sec:\s+([\d.]+)", out).group(1))  # type: ignore[union-attr]
     requests = int(re.search(r"(\d+) requests in", out).group(1))  # type: ignore[union-attr]
     m = re.search(r"99%\s+([\d.]+)(us|ms|s)\b", out)
@@ -200,8 +197,8 @@ def route_change_trials(
 
 def report(runs: dict[str, list[Run]], args: argparse.Namespace) -> None:
     print(
-        f"wrk -t1 -c{args.connections} {args.seconds}s x {args.rounds} rounds (rotating order), "
-        f"proxies on CPU 0, wrk and backend on CPU 1, load average {os.getloadavg()[0]:.1f}"
+        f"wrk -t1 -c{args.connections} {args.seconds}s x {args.rounds} rounds, rotating order; "
+        f"proxies on CPU 0, wrk and backend on CPU 1; load average {os.getloadavg()[0]:.1f}"
     )
     for name, rs in runs.items():
         cpu = (
@@ -224,7 +221,7 @@ def report(runs: dict[str, list[Run]], args: argparse.Namespace) -> None:
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__)
     p.add_argument("--seconds", type=int, default=2)
-    p.add_argument("--rounds", type=int, default=7)
+    p.add_argument("--rounds", type=int, default=9)
     p.add_argument("--connections", type=int, default=50)
     p.add_argument("--apps", type=int, default=100)
     p.add_argument("--trials", type=int, default=20)
@@ -237,11 +234,15 @@ def main() -> None:
         b1, b2, minimal = free_port(), free_port(), free_port()
         (work / "backend.cfg").write_text(BACKEND_CFG.format(p1=b1, p2=b2))
         (work / "minimal.cfg").write_text(MINIMAL_CFG.format(port=minimal, backend=b1))
-        procs.append(subprocess.Popen(pinned(1, ["haproxy", "-f", str(work / "backend.cfg")])))
+        backend = pinned(1, ["haproxy", "-f", str(work / "backend.cfg")])
+        procs.append(subprocess.Popen(backend, start_new_session=True))
         # both proxies are born on CPU 0 (children inherit our affinity) and run the
-        # same way, master-worker, so only their configurations differ
+        # same way, master-worker, each in a session of its own as EdgeProxy starts
+        # ours (autogroup: sharing the bench's session, busy with wrk and the backend
+        # on CPU 1, the minimal proxy got less of CPU 0), so only configurations differ
         os.sched_setaffinity(0, {0})
-        procs.append(subprocess.Popen(["haproxy", "-W", "-f", str(work / "minimal.cfg")]))
+        minimal_cmd = ["haproxy", "-W", "-f", str(work / "minimal.cfg")]
+        procs.append(subprocess.Popen(minimal_cmd, start_new_session=True))
         ours = free_port()
         options = haproxy.Options(state_dir=work / "ours", nbthread=1)
         edge = proxy.EdgeProxy(options)
@@ -258,13 +259,12 @@ def main() -> None:
             "ours": (ours, edge.process.pid),
         }
         for port, _ in targets.values():  # warm-up, discarded
-            wrk(port, 1, args.connections)
+            measure(port, None, 1, args.connections)
         runs: dict[str, list[Run]] = {name: [] for name in targets}
         names = list(targets)
         for r in range(args.rounds):
             for name in names[r % 3 :] + names[: r % 3]:
-                port, master = targets[name]
-                runs[name].append(measure(port, args.seconds, args.connections, master))
+                runs[name].append(measure(*targets[name], args.seconds, args.connections))
         report(runs, args)
         times = route_change_trials(edge, table, ours, b2, args.trials)
         times.sort()
