@@ -3,9 +3,10 @@
 The configuration is the table written out in full (every route, every
 server), so a reload or a restart always comes back to the table the runtime
 API last brought HAProxy to. HTTP listeners are grouped into one frontend per
-(port, TLS) that picks the backend by Host header (map), falling back to the
-destination address (map): apps can share an address and port, and each keeps
-its anycast address. Services without handlers are raw TCP, one frontend each.
+(port, TLS) and owning app that picks the backend by Host header (one map per
+port), falling back to the app that owns the address: apps can share an
+address and port, and each keeps its anycast address. Services without
+handlers are raw TCP, one frontend each.
 
 Only :func:`validate` runs a program (``haproxy -c``); :func:`render` is pure.
 """
@@ -87,12 +88,21 @@ class Options:
 
 @dataclass(frozen=True, slots=True)
 class HttpFrontend:
+    """The HTTP addresses of one port (and TLS) that one app owns: routed by Host, else to it.
+
+    One frontend per owner rather than per port keeps routing to a single
+    map lookup per request: the owner is the lookup's default, where a
+    per-port frontend needed a second lookup by destination address and a
+    variable to carry the result (measured: ~1.7k more instructions per
+    request, about 5% of HAProxy's CPU per request on loopback).
+    """
+
     name: str
     port: int
     tls: bool
     binds: tuple[str, ...]
-    hosts_map: Path
-    dst_map: Path
+    hosts_map: Path  # Host -> backend, shared by every frontend of the port
+    owner: str  # the backend of the first route listening on these addresses
 
 
 def bind(listener: t.Listener) -> str:
@@ -122,27 +132,29 @@ _ENV = _environment()
 
 
 def http_frontends(table: t.RoutingTable, options: Options) -> list[HttpFrontend]:
-    groups: dict[tuple[int, bool], list[str]] = {}
+    owners: dict[tuple[int, bool], dict[str, str]] = {}
     for route in table.routes:
         if route.mode is not t.Mode.HTTP:
             continue
         for lst in route.listeners:
-            binds = groups.setdefault((lst.port, lst.tls), [])
-            if bind(lst) not in binds:
-                binds.append(bind(lst))
+            owners.setdefault((lst.port, lst.tls), {}).setdefault(bind(lst), route.name)
     out = []
-    for (port, tls), binds in sorted(groups.items()):
-        name = f"fe_http_{port}" + ("_tls" if tls else "")
-        out.append(
-            HttpFrontend(
-                name,
-                port,
-                tls,
-                tuple(binds),
-                options.maps_dir / f"{name}.hosts",
-                options.maps_dir / f"{name}.dst",
+    for (port, tls), by_bind in sorted(owners.items()):
+        port_name = f"fe_http_{port}" + ("_tls" if tls else "")
+        groups: dict[str, list[str]] = {}
+        for address, owner in by_bind.items():
+            groups.setdefault(owner, []).append(address)
+        for owner, binds in groups.items():
+            out.append(
+                HttpFrontend(
+                    f"{port_name}_{owner.removeprefix('be_')}",
+                    port,
+                    tls,
+                    tuple(binds),
+                    options.maps_dir / f"{port_name}.hosts",
+                    owner,
+                )
             )
-        )
     return out
 
 
@@ -152,18 +164,13 @@ def render(table: t.RoutingTable, options: Options) -> dict[Path, str]:
     http_routes = [r for r in table.routes if r.mode is t.Mode.HTTP]
     files: dict[Path, str] = {}
     for fe in frontends:
-        hosts: list[str] = []
-        dsts: list[str] = []
-        for r in http_routes:
-            if any(lst.port == fe.port and lst.tls == fe.tls for lst in r.listeners):
-                hosts.extend(f"{h} {r.name}" for h in r.hostnames)
-                dsts.extend(
-                    f"{lst.address} {r.name}"
-                    for lst in r.listeners
-                    if lst.port == fe.port and lst.tls == fe.tls
-                )
+        hosts = [
+            f"{h} {r.name}"
+            for r in http_routes
+            if any(lst.port == fe.port and lst.tls == fe.tls for lst in r.listeners)
+            for h in r.hostnames
+        ]
         files[fe.hosts_map] = "".join(line + "\n" for line in hosts)
-        files[fe.dst_map] = "".join(line + "\n" for line in dict.fromkeys(dsts))
     entries = diff.replay_entries(table)
     files[options.replay_map] = "".join(f"{k} {v}\n" for k, v in entries.items())
     tcp_routes = [r for r in table.routes if r.mode is t.Mode.TCP]

@@ -3,8 +3,10 @@
 -- Why Lua: HAProxy configuration alone cannot act on a response header by
 -- re-sending the request elsewhere. This action runs only when a response
 -- carries `fly-replay` (the backend's `http-response` rule checks the header
--- natively); the request's method, path, headers and body were kept with
--- native `set-var`, so requests that are not replayed cost no Lua at all.
+-- natively); the request's path, headers and body were kept with native
+-- `set-var` (two variables, a third only when there is a body), so requests
+-- that are not replayed cost no Lua at all. The method needs no variable:
+-- HAProxy keeps it with the transaction for the five methods we replay.
 --
 -- Targets come from the replay map (`BE/any`, `BE/region/R`, `BE/instance/N`,
 -- values `name|addr|port,...`), kept in step with the routing table through
@@ -46,6 +48,14 @@ local function request_headers(raw)
     end
   end
   return out
+end
+
+local function declared_length(raw)
+  for line in string.gmatch(raw or "", "[^\r\n]+") do
+    local k, v = string.match(line, "^([^:%s]+):%s*(%d+)%s*$")
+    if k and string.lower(k) == "content-length" then return tonumber(v) end
+  end
+  return nil
 end
 
 local function split_targets(value, skip)
@@ -111,17 +121,21 @@ core.register_action("fly_replay", { "http-res" }, function(txn)
   if #list == 0 then
     return fail(txn, "no target for " .. header)
   end
-  local method = txn:get_var("txn.rq_method") or ""
+  local method = txn.f:method() or ""
   local call = methods[method]
   if call == nil then
     return fail(txn, "method " .. method .. " cannot be replayed")
   end
   local hdrs = txn:get_var("txn.rq_hdrs") or ""
-  local blen = txn:get_var("txn.rq_blen") or 0
-  local bsize = txn:get_var("txn.rq_bsize") or 0
   local headers = request_headers(hdrs)
-  local chunked = headers["content-length"] == nil and bsize > 0
-  if blen > cap or bsize > cap or blen < bsize or (chunked and #hdrs + blen + 1024 >= room) then
+  local body = txn:get_var("txn.rq_body")
+  local blen = body and #body or 0
+  local declared = declared_length(hdrs)
+  -- without Content-Length (chunked) a body cut by the buffer looks whole: a body
+  -- that nearly fills the buffer is refused rather than replayed maybe truncated
+  local chunked = declared == nil and blen > 0
+  if blen > cap or (declared or 0) > cap or blen < (declared or 0)
+    or (chunked and #hdrs + blen + 1024 >= room) then
     return refuse(txn, 413, "request body over the replay limit of " .. cap .. " bytes")
   end
   local now = core.now()
@@ -129,7 +143,6 @@ core.register_action("fly_replay", { "http-res" }, function(txn)
     .. ";t=" .. string.format("%d%06d", now.sec, now.usec)
   if want["state"] then src = src .. ";state=" .. want["state"] end
   headers["fly-replay-src"] = { src }
-  local body = txn:get_var("txn.rq_body")
   local path = txn:get_var("txn.rq_path") or "/"
   local last = "unreachable"
   for _, target in ipairs(list) do

@@ -3,6 +3,7 @@ limits, seamless reloads and refused updates. Real backends, started and stopped
 
 from __future__ import annotations
 
+import socket
 import threading
 import time
 from concurrent.futures import ThreadPoolExecutor
@@ -33,6 +34,15 @@ def test_routes_by_host_then_destination_address(edge: proxy.EdgeProxy, backends
     # an unknown Host falls back to the app owning the destination (anycast) address
     conn_b = get(port, host="other.example")  # 127.0.0.1 belongs to app a
     assert conn_b[2] == b"a1\n"
+    # and so does a request without any Host (HTTP/1.0), on either address
+    assert no_host("127.0.0.1", port).endswith(b"a1\n")
+    assert no_host("127.0.0.2", port).endswith(b"b1\n")
+
+
+def no_host(address: str, port: int) -> bytes:
+    with socket.create_connection((address, port), timeout=5) as s:
+        s.sendall(b"GET / HTTP/1.0\r\n\r\n")
+        return b"".join(iter(lambda: s.recv(65536), b""))
 
 
 def test_one_route_change_touches_only_that_route(

@@ -1,0 +1,68 @@
+"""The rendered configuration keeps per-request work to what the features need (pure).
+
+Each rule below was measured (callgrind, docs/proxy.md "Throughput"): these
+tests stop a later change from quietly putting the cost back on every request.
+"""
+
+from __future__ import annotations
+
+import re
+from pathlib import Path
+
+from providers.proxy import haproxy
+from providers.proxy import table as t
+from tests.proxy.conftest import route, server, table
+
+
+def render(tab: t.RoutingTable, tmp_path: Path) -> tuple[str, dict[str, str]]:
+    options = haproxy.Options(state_dir=tmp_path, certs_dir=tmp_path / "certs")
+    files = haproxy.render(tab, options)
+    maps = {p.name: text for p, text in files.items() if p.parent == options.maps_dir}
+    return files[options.config_path], maps
+
+
+def section(config: str, header: str) -> list[str]:
+    """The directive lines of one ``frontend``/``backend`` section."""
+    lines = config.split(f"\n{header}\n", 1)[1].split("\n\n", 1)[0].splitlines()
+    return [ln.strip() for ln in lines if ln.strip() and not ln.strip().startswith("#")]
+
+
+def test_no_layer7_retries_that_copy_every_request(tmp_path: Path) -> None:
+    config, _ = render(table(route("a", 8080, (server("sea.1", 9001),))), tmp_path)
+    # anything but conn-failure makes HAProxy copy each request into a second buffer
+    assert all(ln.split()[1:] == ["conn-failure"] for ln in re.findall(r"retry-on.*", config))
+
+
+def test_one_map_lookup_routes_and_the_address_owner_is_the_default(tmp_path: Path) -> None:
+    a = route("a", 8080, (server("sea.1", 9001),))
+    b = route("b", 8080, (server("sea.1", 9002),))  # shares a's address: Host decides
+    c = route("c", 8080, (server("sea.1", 9003),), address="127.0.0.3")
+    config, maps = render(table(a, b, c), tmp_path)
+    assert maps["fe_http_8080.hosts"] == (
+        "a.fleet.test be_a_0\nb.fleet.test be_b_0\nc.fleet.test be_c_0\n"
+    )
+    lookup = "use_backend %[req.hdr(host),field(1,:),lower,map({},{})]"
+    hosts = tmp_path / "maps" / "fe_http_8080.hosts"
+    assert section(config, "frontend fe_http_8080_a_0") == [
+        "mode http",
+        "bind 127.0.0.1:8080",
+        lookup.format(hosts, "be_a_0"),
+        "default_backend be_a_0",
+    ]
+    assert section(config, "frontend fe_http_8080_c_0")[1:] == [
+        "bind 127.0.0.3:8080",
+        lookup.format(hosts, "be_c_0"),
+        "default_backend be_c_0",
+    ]
+    assert "frontend fe_http_8080_b_0" not in config
+
+
+def test_replay_keeps_two_variables_and_a_body_only_when_there_is_one(tmp_path: Path) -> None:
+    config, _ = render(table(route("a", 8080, (server("sea.1", 9001),))), tmp_path)
+    rules = [ln for ln in section(config, "backend be_a_0") if ln.startswith("http-")]
+    assert rules == [
+        "http-request set-var(txn.rq_path) pathq",
+        "http-request set-var(txn.rq_hdrs) req.hdrs",
+        "http-request set-var(txn.rq_body) req.body if { req.body_size gt 0 }",
+        "http-response lua.fly_replay if { res.hdr(fly-replay) -m found }",
+    ]
