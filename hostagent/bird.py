@@ -188,10 +188,8 @@ class BirdDaemon:
 
     def tick(self, now: float) -> list[str]:
         """Start BIRD again if it died (skipped while an apply changes it)."""
-        if self.inventory is None:
-            return []
-        entry = self.inventory.read().get(KIND, RESOURCE_ID)
-        if entry is None or entry.status.get("pending") or not entry.spec or self.alive():
+        entry = netlock.settled(self.inventory, KIND, RESOURCE_ID)
+        if entry is None or self.alive():
             return []
         with netlock.held(self.data_dir):
             what = self.sync(entry.spec)

@@ -243,10 +243,8 @@ class Mesh:
 
     def tick(self, now: float) -> list[str]:
         """Recreate a dead interface, put back hand-changed peers (skipped mid-apply)."""
-        if self.inventory is None:
-            return []
-        entry = self.inventory.read().get(KIND, RESOURCE_ID)
-        if entry is None or entry.status.get("pending") or not entry.spec:
+        entry = netlock.settled(self.inventory, KIND, RESOURCE_ID)
+        if entry is None:
             return []
         created, ops = self._ensure(entry.spec, entry.spec, "repair")
         done = [f"mesh: recreated {entry.spec['interface']}"] if created else []

@@ -15,6 +15,8 @@ import fcntl
 from collections.abc import Iterator
 from pathlib import Path
 
+from hostagent.inventory import Entry, Inventory
+
 LOCK_FILE = "network.lock"
 
 
@@ -27,3 +29,17 @@ def held(data_dir: Path) -> Iterator[None]:
             yield
         finally:
             fcntl.flock(f, fcntl.LOCK_UN)
+
+
+def settled(inventory: Inventory | None, kind: str, rid: str) -> Entry | None:
+    """The resource as last applied, if it exists and no apply is changing it now.
+
+    A supervisor ticker acts only on such an entry: mid-apply, the inventory
+    still holds the old spec while the handler already made the new one live.
+    """
+    if inventory is None:
+        return None
+    entry = inventory.read().get(kind, rid)
+    if entry is None or entry.status.get("pending") or not entry.spec:
+        return None
+    return entry
