@@ -172,7 +172,12 @@ class Announcer:
             new = after.get(app, announce.AnnounceState.initial()).phase
             if old != new:
                 done.append(f"announce {app}: {old} -> {new}")
-                self.history.append({"app": app, "phase": new.value, "at": time.time()})
+                since = after[app].since if app in after else now
+                # ``since``: the supervisor's clock when the state machine moved
+                # (what hold-down and grace count in); ``at``: wall time of the record.
+                self.history.append(
+                    {"app": app, "phase": new.value, "since": since, "at": time.time()}
+                )
         del self.history[:-HISTORY]
         apps = {
             app: {
