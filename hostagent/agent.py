@@ -52,9 +52,6 @@ class Facts:
     hypervisor: str
     agent_version: str
     private_prefix: str | None
-    # The public half of this host's WireGuard key (the private half never leaves
-    # the host); None where the agent manages no mesh.
-    wireguard_public_key: str | None = None
 
 
 class Agent:
@@ -66,10 +63,14 @@ class Agent:
         *,
         clock: Callable[[], float] = time.monotonic,
         sleep: Callable[[float], None] = time.sleep,
+        live_facts: Callable[[], Mapping[str, Json]] = dict,
     ) -> None:
         self.inventory = inventory
         self.handlers = handlers
         self.facts = facts
+        # Facts that can change while the agent runs (a rotated WireGuard key):
+        # read at every observe, never cached with the rest.
+        self.live_facts = live_facts
         self.clock = clock
         self.sleep = sleep
 
@@ -118,8 +119,8 @@ class Agent:
                 "hypervisor": f.hypervisor,
                 "agent_version": f.agent_version,
                 "private_prefix": f.private_prefix,
-                "wireguard_public_key": f.wireguard_public_key,
                 "kinds": sorted(self.handlers),
+                **self.live_facts(),
             },
             "resources": resources,
         }

@@ -65,7 +65,6 @@ def build_agent(data_dir: Path) -> Agent:
         hypervisor=cfg.hypervisor,
         agent_version=hostagent.__version__,
         private_prefix=cfg.private_prefix,
-        wireguard_public_key=wg.public_key(),
     )
     kinds: dict[str, H.Handler] = {
         "machine": handler,
@@ -74,7 +73,11 @@ def build_agent(data_dir: Path) -> Agent:
         daemon.kind: daemon,
         ann.kind: ann,
     }
-    return Agent(inventory, kinds, facts)
+    # The public half of the host's WireGuard key, generated on first use (so the
+    # reconciler knows it before its first plan); read anew at every observe.
+    return Agent(
+        inventory, kinds, facts, live_facts=lambda: {"wireguard_public_key": wg.public_key()}
+    )
 
 
 def request(data_dir: Path, verb: str) -> int:

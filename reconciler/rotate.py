@@ -11,9 +11,10 @@ rotating host at a time:
    and no allowed IPs (it can answer a handshake, carries nothing);
 3. *switch*: the rotating host takes the staged key (``key`` in its spec);
    sessions made with the old key keep receiving;
-4. *move and retire*, straight after: every host gets its normal desired
-   spec with the new key, which the agent's diff turns into one ``wg set``
-   moving the allowed IPs to the new peer, then the removal of the old one.
+4. *move and retire*, straight after and on every host at once: every host
+   gets its normal desired spec with the new key, which the agent's diff
+   turns into one ``wg set`` moving the allowed IPs to the new peer, then the
+   removal of the old one.
 
 The last stage leaves every ``wireguard`` resource exactly as the planner
 wants it, so the next plan is a no-op. This module is the I/O shell; the
@@ -32,7 +33,7 @@ from fleet.errors import HostError
 from providers import resources
 from reconciler.core import hostnet, observed
 from reconciler.core import plan as P
-from reconciler.hosts import protocol
+from reconciler.hosts import fanout, protocol
 
 Json = Any
 Say = Callable[[str], None]
@@ -105,9 +106,9 @@ def rotate(
         introduced[h] = spec
     say(f"introduced {new[:8]} on {len(others)} host(s)")
 
-    switched = {k: v for k, v in staged.items() if k != "stage_next_key"} | {"key": new}
-    etags[host], _ = _update(clients[host], "switch", switched, etags[host])
-
+    # Everything the last stage sends is ready before the switch: between the
+    # switch and each host's move, the rotating host's packets on its new
+    # session are dropped there (TCP retransmits across that window).
     prefixes = {
         n: ipaddress.IPv6Network(o.facts.private_prefix)
         for n, o in obs.items()
@@ -115,11 +116,18 @@ def rotate(
     }
     world = fleet_compile.compile_world(fleet, previous_prefixes=prefixes)
     keys = {n: o.facts.wireguard_public_key for n, o in obs.items()}
-    known = {n: k for n, k in keys.items() if k} | {host: new}
-    parts = hostnet.MeshParts(world, known)
-    for h in [*others, host]:  # move + retire on the others first: the switch is live
-        d = parts.spec(h)
-        etags[h], _ = _update(clients[h], "move", d.spec, etags[h], d.etag)
+    parts = hostnet.MeshParts(world, {n: k for n, k in keys.items() if k} | {host: new})
+    final = {h: parts.spec(h) for h in [*others, host]}
+
+    switched = {k: v for k, v in staged.items() if k != "stage_next_key"} | {"key": new}
+    etags[host], _ = _update(clients[host], "switch", switched, etags[host])
+
+    def move(h: str, client: protocol.HostClient) -> str:
+        return _update(client, "move", final[h].spec, etags[h], final[h].etag)[0]
+
+    moved = fanout.fan_out({h: clients[h] for h in final}, move, max_concurrency=max(1, len(final)))
+    for h, error in sorted(moved.failed.items()):
+        raise HostError(h, f"move: {error}", action="rotate-keys")
     say(f"{host}: now {new[:8]} on every peer; old key retired")
     return new
 

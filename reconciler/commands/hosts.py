@@ -52,6 +52,8 @@ def register(sub: Any) -> None:
         "rotate-keys", help="replace hosts' WireGuard keys without dropping a connection"
     )
     common.add_fleet_options(r)
+    common.add_state_options(r)
+    observe.add_hosts_option(r)
     r.add_argument(
         "--host",
         action="append",

@@ -125,3 +125,16 @@ def test_examples_load_and_plan(capsys: pytest.CaptureFixture[str], tmp_path: Pa
     args = ["plan", "--fleet", str(support.EXAMPLES), "--hosts", hosts, "--detailed-exitcode"]
     assert cli.main(args) == 2
     assert "app ledger" in capsys.readouterr().out
+
+
+def test_rotate_keys_needs_an_applied_mesh(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    fleet = support.fleet_dir(tmp_path)
+    hosts = f"memory:{tmp_path / 'hosts.json'}"
+    args = ["hosts", "rotate-keys", "--fleet", str(fleet), "--hosts", hosts, "--host", "ams-1"]
+    assert cli.main(args) == 1
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "no wireguard resource" in err[0] and "ams-1" in err[0]
+    assert cli.main([*args[:-1], "nowhere"]) == 1
+    assert "unknown host(s): nowhere" in capsys.readouterr().err

@@ -13,8 +13,9 @@ from types import MappingProxyType
 from typing import Any
 
 from hostagent import announcer, bird, mesh
+from hostagent.agent import Agent, Facts
 from hostagent.inventory import Entry, Inventory
-from providers.network import announce, bgp, wireguard
+from providers.network import announce, bgp, wgkeys, wireguard
 
 SPEC = {"app": "web", "prefixes": ["198.51.100.10/32", "2001:db8:100::10/128"]}
 TIMERS = announce.AnnounceTimers(grace_s=2.0, hold_down_s=3.0)
@@ -147,3 +148,24 @@ def test_roamed_endpoint_is_not_drift_but_a_missing_peer_is() -> None:
     empty = wireguard.ObservedInterface("wg-h1", "K1", 51820, 0, MappingProxyType({}))
     assert mesh.actual_of(spec, empty, routed=True)["peers"] == []
     assert mesh.actual_of(spec, live, routed=False)["routes"] == []
+
+
+def test_observe_reports_the_key_in_use_after_a_rotation(tmp_path: Path) -> None:
+    wg = mesh.Mesh(tmp_path, "h1")
+    facts = Facts("h1", 1, 1024, {}, "qemu", "0", None)
+    agent = Agent(
+        Inventory(tmp_path / "inventory"),
+        {wg.kind: wg},
+        facts,
+        live_facts=lambda: {"wireguard_public_key": wg.public_key()},
+    )
+    request = {"protocol_version": 1, "host": "h1"}
+    first = agent.observe(request)["facts"]["wireguard_public_key"]
+    assert (
+        first == wg.public_key()
+        and (tmp_path / "wireguard" / "mesh.key").stat().st_mode & 0o077 == 0
+    )
+    staged = wgkeys.ensure_key(tmp_path / "wireguard", mesh.KEY_NAME, staged=True)
+    wgkeys.promote_next(tmp_path / "wireguard", mesh.KEY_NAME)
+    # The same agent object (the supervisor's, answering observe) sees the new key.
+    assert agent.observe(request)["facts"]["wireguard_public_key"] == staged.value != first

