@@ -63,10 +63,14 @@ class Agent:
         *,
         clock: Callable[[], float] = time.monotonic,
         sleep: Callable[[float], None] = time.sleep,
+        live_facts: Callable[[], Mapping[str, Json]] = dict,
     ) -> None:
         self.inventory = inventory
         self.handlers = handlers
         self.facts = facts
+        # Facts that can change while the agent runs (a rotated WireGuard key):
+        # read at every observe, never cached with the rest.
+        self.live_facts = live_facts
         self.clock = clock
         self.sleep = sleep
 
@@ -116,6 +120,7 @@ class Agent:
                 "agent_version": f.agent_version,
                 "private_prefix": f.private_prefix,
                 "kinds": sorted(self.handlers),
+                **self.live_facts(),
             },
             "resources": resources,
         }

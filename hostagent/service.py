@@ -15,18 +15,39 @@ import threading
 from pathlib import Path
 
 import hostagent
+from hostagent import announcer, bird, images, listener, machines, mesh, supervisor, wire
 from hostagent import config as config_mod
 from hostagent import handlers as H
-from hostagent import images, listener, machines, supervisor, wire
 from hostagent.agent import Agent, Facts
+from hostagent.edgehealth import EdgeHealth, LocalMachines
 from hostagent.inventory import Inventory
 from providers.images import store
+from providers.network import announce, bgp
 from providers.vmm import machines as vmm_machines
 from providers.vmm.spec import VMMKind
 
 
+def network_handlers(
+    cfg: config_mod.Config, inventory: Inventory, edge: EdgeHealth
+) -> tuple[mesh.Mesh, bird.BirdDaemon, announcer.Announcer]:
+    """The mesh, BIRD and the announcer of this host; each is also a supervisor ticker."""
+    timers = bgp.LAB_TIMERS if cfg.bgp_timers == "lab" else bgp.BgpTimers()
+    wg = mesh.Mesh(cfg.data_dir, cfg.host, inventory)
+    daemon = bird.BirdDaemon(cfg.data_dir, cfg.host, timers, inventory)
+    ann = announcer.Announcer(
+        cfg.data_dir,
+        inventory,
+        edge,
+        daemon,
+        announce.AnnounceTimers(cfg.announce_grace_s, cfg.announce_hold_down_s),
+    )
+    return wg, daemon, ann
+
+
 def build_agent(data_dir: Path) -> Agent:
     cfg = config_mod.load(data_dir)
+    inventory = Inventory(cfg.inventory_dir)
+    wg, daemon, ann = network_handlers(cfg, inventory, LocalMachines(inventory))
     defaults = store.StoreOptions()
     options = store.StoreOptions(
         registry_insecure=(*defaults.registry_insecure, *cfg.insecure_registries)
@@ -48,8 +69,15 @@ def build_agent(data_dir: Path) -> Agent:
     kinds: dict[str, H.Handler] = {
         "machine": handler,
         "image": images.ImageHandler(image_store, data_dir),
+        wg.kind: wg,
+        daemon.kind: daemon,
+        ann.kind: ann,
     }
-    return Agent(Inventory(cfg.inventory_dir), kinds, facts)
+    # The public half of the host's WireGuard key, generated on first use (so the
+    # reconciler knows it before its first plan); read anew at every observe.
+    return Agent(
+        inventory, kinds, facts, live_facts=lambda: {"wireguard_public_key": wg.public_key()}
+    )
 
 
 def request(data_dir: Path, verb: str) -> int:
@@ -95,7 +123,10 @@ def serve(
     cfg = config_mod.load(data_dir)
     agent = build_agent(data_dir)
     machine_kind = agent.handlers["machine"]
-    sup = supervisor.Supervisor(Inventory(cfg.inventory_dir), machine_kind)
+    inventory = Inventory(cfg.inventory_dir)
+    # The supervisor's own network handlers (their tickers keep state between passes).
+    wg, daemon, ann = network_handlers(cfg, inventory, LocalMachines(inventory))
+    sup = supervisor.Supervisor(inventory, machine_kind, tickers=[wg.tick, daemon.tick, ann.tick])
     stop = threading.Event()
     for sig in (signal.SIGTERM, signal.SIGINT):
         signal.signal(sig, lambda *_: stop.set())

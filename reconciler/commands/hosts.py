@@ -12,7 +12,8 @@ from fleet import compile as fleet_compile
 from fleet import load as fleet_load
 from fleet import model
 from fleet.errors import FleetError, HostError
-from reconciler.commands import common
+from reconciler import rotate
+from reconciler.commands import common, observe
 from reconciler.hosts import bootstrap, bundle, factory, fanout, hostkeys, ssh
 
 
@@ -41,7 +42,26 @@ def register(sub: Any) -> None:
         action="store_true",
         help="labs and tests only: boot GPU machines without a GPU instead of refusing them",
     )
+    b.add_argument(
+        "--lab-timers",
+        action="store_true",
+        help="labs and tests only: BGP timers in seconds, 2 s graceful shutdown, 3 s hold-down",
+    )
     b.set_defaults(func=cmd_bootstrap)
+    r = hosts_sub.add_parser(
+        "rotate-keys", help="replace hosts' WireGuard keys without dropping a connection"
+    )
+    common.add_fleet_options(r)
+    common.add_state_options(r)
+    observe.add_hosts_option(r)
+    r.add_argument(
+        "--host",
+        action="append",
+        default=[],
+        metavar="HOST",
+        help="rotate this host's key (repeatable; default: every host, one at a time)",
+    )
+    r.set_defaults(func=cmd_rotate_keys)
 
 
 class SSHRemote:
@@ -92,6 +112,7 @@ def cmd_bootstrap(args: argparse.Namespace) -> int:
                 insecure_registries=args.insecure_registry,
                 kernel=kernel,
                 simulate_gpus=args.simulate_gpus,
+                lab_timers=args.lab_timers,
             )
 
         result = fanout.fan_out(chosen, one, max_concurrency=args.parallelism)
@@ -107,3 +128,12 @@ def _select(fleet: model.Fleet, names: list[str]) -> dict[str, model.Host]:
     if unknown:
         raise FleetError(f"unknown host(s): {', '.join(unknown)}")
     return {n: fleet.hosts[n] for n in sorted(names or fleet.hosts)}
+
+
+def cmd_rotate_keys(args: argparse.Namespace) -> int:
+    fleet = fleet_load.load(args.fleet, args.ref).fleet
+    chosen = sorted(_select(fleet, args.host))
+    make = observe.host_factory(args)
+    clients = {name: make(host) for name, host in sorted(fleet.hosts.items())}
+    rotate.rotate_all(fleet, clients, chosen, print)
+    return 0

@@ -31,7 +31,9 @@ def test_apply_from_empty_then_replan_is_noop(tmp_path: Path, state: sqlite.Sqli
     hosts = support.hosts_for(fleet)
     report = support.run(support.plan(fleet, hosts), hosts, state)
     assert report.ok
-    assert sum(len(r.succeeded) for r in report.hosts.values()) == 26
+    assert (
+        sum(len(r.succeeded) for r in report.hosts.values()) == 35
+    )  # 26 + an announcement of each public app on every other host
     assert len(support.machines(hosts)) == 7
     again = support.plan(fleet, hosts)
     assert not again.has_changes and not again.steps
@@ -209,10 +211,10 @@ def test_unreachable_host_at_apply_defers_its_steps(
     deferred = dict(report.hosts["sea-2"].deferred)
     assert any("unreachable" in why for why in deferred.values())
     assert all(not r.failed for r in report.hosts.values())
-    assert len(report.hosts["ams-1"].succeeded) == 8  # the other hosts went ahead
+    assert len(report.hosts["ams-1"].succeeded) == 10  # the other hosts went ahead
     hosts.hosts["sea-2"].behaviour.unreachable = None
     resumed = support.run(p, hosts, state)  # the same plan again finishes the job
-    assert resumed.ok and resumed.resumed == 19
+    assert resumed.ok and resumed.resumed == 26
 
 
 def test_failed_action_skips_only_its_dependents(

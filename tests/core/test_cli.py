@@ -28,16 +28,16 @@ def test_plan_exit_codes_and_formats(tmp_path: Path, capsys: pytest.CaptureFixtu
     hosts = f"memory:{tmp_path / 'hosts.json'}"
     base = ["--fleet", str(fleet), "--hosts", hosts]
     assert cli.main(["plan", *base, "--detailed-exitcode"]) == 2
-    assert capsys.readouterr().out.startswith("Plan: 26 to add")
+    assert capsys.readouterr().out.startswith("Plan: 35 to add")
     assert cli.main(["plan", *base]) == 0  # without the flag, changes still exit 0
     capsys.readouterr()
     assert cli.main(["plan", *base, "--format", "json", "--out", str(tmp_path / "p.json")]) == 0
     printed = json.loads(capsys.readouterr().out)
-    assert printed["format_version"] == 1 and printed["summary"]["create"] == 26
+    assert printed["format_version"] == 1 and printed["summary"]["create"] == 35
     assert json.loads((tmp_path / "p.json").read_text())["steps"] == printed["steps"]
     assert cli.main(["plan", *base, "--format", "markdown"]) == 0
     md = capsys.readouterr().out
-    assert md.startswith("### reconcile plan: Plan: 26 to add") and "<details>" in md
+    assert md.startswith("### reconcile plan: Plan: 35 to add") and "<details>" in md
     assert cli.main(["apply", *base, "--yes", "--state", str(tmp_path / "s.db")]) == 0
     capsys.readouterr()
     assert cli.main(["plan", *base, "--detailed-exitcode"]) == 0  # no-op
@@ -125,3 +125,16 @@ def test_examples_load_and_plan(capsys: pytest.CaptureFixture[str], tmp_path: Pa
     args = ["plan", "--fleet", str(support.EXAMPLES), "--hosts", hosts, "--detailed-exitcode"]
     assert cli.main(args) == 2
     assert "app ledger" in capsys.readouterr().out
+
+
+def test_rotate_keys_needs_an_applied_mesh(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    fleet = support.fleet_dir(tmp_path)
+    hosts = f"memory:{tmp_path / 'hosts.json'}"
+    args = ["hosts", "rotate-keys", "--fleet", str(fleet), "--hosts", hosts, "--host", "ams-1"]
+    assert cli.main(args) == 1
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "no wireguard resource" in err[0] and "ams-1" in err[0]
+    assert cli.main([*args[:-1], "nowhere"]) == 1
+    assert "unknown host(s): nowhere" in capsys.readouterr().err
