@@ -16,9 +16,10 @@ from pathlib import Path
 
 import hostagent
 from hostagent import config as config_mod
+from hostagent import edge, images, listener, machines, supervisor, wire
 from hostagent import handlers as H
-from hostagent import images, listener, machines, supervisor, wire
 from hostagent.agent import Agent, Facts
+from hostagent.edgehealth import EdgeHealth, LocalMachines
 from hostagent.inventory import Inventory
 from providers.images import store
 from providers.vmm import machines as vmm_machines
@@ -45,11 +46,38 @@ def build_agent(data_dir: Path) -> Agent:
         agent_version=hostagent.__version__,
         private_prefix=cfg.private_prefix,
     )
+    inventory = Inventory(cfg.inventory_dir)
     kinds: dict[str, H.Handler] = {
         "machine": handler,
         "image": images.ImageHandler(image_store, data_dir),
+        edge.KIND: route_handler(cfg, inventory, handler),
     }
-    return Agent(Inventory(cfg.inventory_dir), kinds, facts)
+    return Agent(inventory, kinds, facts)
+
+
+def route_handler(
+    cfg: config_mod.Config, inventory: Inventory, machine_kind: H.Handler
+) -> edge.RouteHandler:
+    """The ``route`` kind: the host's HAProxy, its state under the agent's data directory."""
+
+    def stopped_apps() -> frozenset[str]:
+        out = set()
+        for (kind, rid), entry in inventory.read().entries.items():
+            if kind == "machine" and machine_kind.observe(rid, entry.spec).state == "stopped":
+                out.add(str(entry.spec.get("app", "")))
+        return frozenset(out)
+
+    return edge.RouteHandler(
+        edge.Edge(edge.EdgePaths.of(cfg.data_dir), cfg.host), inventory, stopped_apps
+    )
+
+
+def edge_health(agent: Agent) -> EdgeHealth:
+    """What the announcement gate asks: HAProxy's view, or local machines without routes."""
+    routes = agent.handlers.get(edge.KIND)
+    if isinstance(routes, edge.RouteHandler):
+        return edge.HAProxyHealth(routes.edge)
+    return LocalMachines(agent.inventory)
 
 
 def request(data_dir: Path, verb: str) -> int:
@@ -95,7 +123,11 @@ def serve(
     cfg = config_mod.load(data_dir)
     agent = build_agent(data_dir)
     machine_kind = agent.handlers["machine"]
-    sup = supervisor.Supervisor(Inventory(cfg.inventory_dir), machine_kind)
+    tickers: list[supervisor.Ticker] = []
+    routes = agent.handlers.get(edge.KIND)
+    if isinstance(routes, edge.RouteHandler):
+        tickers.append(edge.Ticker(routes))
+    sup = supervisor.Supervisor(Inventory(cfg.inventory_dir), machine_kind, tickers=tickers)
     stop = threading.Event()
     for sig in (signal.SIGTERM, signal.SIGINT):
         signal.signal(sig, lambda *_: stop.set())

@@ -213,17 +213,19 @@ def _host_resources(
     parts: Mapping[str, desired.AppParts],
 ) -> None:
     fleet = world.fleet
+    routes = desired.RouteSpecs(world, on_host)
+    edge_apps = sorted(name for name, p in parts.items() if p.public and p.announces)
     for host in sorted(idx.reachable):
         wanted: list[desired.Desired] = []
         apps = on_host.get(host, {})
         refs = sorted({fleet.apps[a].image for a in apps})
         wanted += [desired.image(host, ref) for ref in refs]
+        # every host is an edge for every public app (its machines may all be elsewhere)
+        wanted += [routes.route(host, app_name) for app_name in edge_apps]
         for app_name in sorted(apps):
             p = parts[app_name]
-            if p.public:
-                wanted.append(p.route(host, apps[app_name]))
-                if p.announces:
-                    wanted.append(p.announcement(host))
+            if p.public and p.announces:
+                wanted.append(p.announcement(host))
         by_kind: dict[Kind, list[desired.Desired]] = defaultdict(list)
         supported = idx.kinds.get(host) or frozenset()
         skipped: dict[str, int] = defaultdict(int)
@@ -339,11 +341,12 @@ def _reconcile_kind(
             continue
         addr = address.host_resource(host, kind, rid)
         app = str(r.spec.get("app")) if kind is not Kind.IMAGE else None
-        reason = (
-            "no machine on the host uses it"
-            if kind is Kind.IMAGE
-            else (f"no machine of app {app} on {host} any more")
-        )
+        if kind is Kind.IMAGE:
+            reason = "no machine on the host uses it"
+        elif kind is Kind.ROUTE:
+            reason = f"app {app} is no longer served at the edge"
+        else:
+            reason = f"no machine of app {app} on {host} any more"
         acc.add(
             P.Change(addr, kind, P.Action.DESTROY, reason, host=host, app=app, before=r.spec),
             machines.delete_step(addr, host, r, app),

@@ -31,7 +31,8 @@ def test_apply_from_empty_then_replan_is_noop(tmp_path: Path, state: sqlite.Sqli
     hosts = support.hosts_for(fleet)
     report = support.run(support.plan(fleet, hosts), hosts, state)
     assert report.ok
-    assert sum(len(r.succeeded) for r in report.hosts.values()) == 26
+    # 7 machines, 5 images, 7 announcements, and a route for each of 4 apps on each of 4 hosts
+    assert sum(len(r.succeeded) for r in report.hosts.values()) == 35
     assert len(support.machines(hosts)) == 7
     again = support.plan(fleet, hosts)
     assert not again.has_changes and not again.steps
