@@ -14,6 +14,10 @@ back. A malformed spec or a table HAProxy refuses leaves HAProxy serving the
 last good table; the reason is kept in ``proxy/alarm`` and every route
 resource reports it in observe until an update succeeds.
 
+HAProxy binds the anycast addresses ``transparent`` (non-local bind): the
+announcement kind puts them on ``lo`` while the host may serve them, and takes
+them off when it withdraws; the proxy keeps listening either way.
+
 A server that leaves a route first drains: it stays with weight 0 until its
 sessions end or the app's ``kill_timeout`` passes, then it is removed.
 """
@@ -22,10 +26,8 @@ from __future__ import annotations
 
 import contextlib
 import fcntl
-import ipaddress
 import json
 import logging
-import subprocess
 import time
 from collections.abc import Callable, Collection, Iterator, Mapping
 from dataclasses import dataclass, replace
@@ -141,7 +143,6 @@ class Edge:
 
     def _bring(self, edge: proxy.EdgeProxy, table: t.RoutingTable, emit: H.Emit) -> None:
         t.check(table)
-        ensure_local_addresses(table)
         ca = certs.load_or_create_authority(self.paths.ca)
         certs.write_app_certificates(ca, table, self.paths.certs)
         if edge.live is None:
@@ -213,20 +214,6 @@ def wait_drained(edge: proxy.EdgeProxy, during: t.RoutingTable, final: t.Routing
         if not busy:
             return
         time.sleep(DRAIN_POLL_S)
-
-
-def ensure_local_addresses(table: t.RoutingTable, netns: str = "") -> None:
-    """Put every listener (anycast) address on ``lo``, so HAProxy can bind and receive it."""
-    wanted = sorted({lst.address for r in table.routes for lst in r.listeners})
-    for address in wanted:
-        v6 = ipaddress.ip_address(address).version == 6
-        cidr = f"{address}/{128 if v6 else 32}"
-        argv = ["ip", *(["-n", netns] if netns else []), "addr", "replace", cidr, "dev", "lo"]
-        if v6:
-            argv.append("nodad")
-        result = subprocess.run(argv, capture_output=True, text=True, check=False)
-        if result.returncode != 0:
-            raise ProviderError(f"proxy: cannot add {cidr} to lo: {result.stderr.strip()}")
 
 
 class RouteHandler:
@@ -391,6 +378,7 @@ def count_up(table: t.RoutingTable, stats: Collection[runtime.ServerStat]) -> di
 
 
 def _write(path: Path, text: str) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_name(path.name + ".tmp")
     tmp.write_text(text)
     tmp.replace(path)

@@ -1,0 +1,115 @@
+"""The ``route`` kind's pure parts: the host's table from route entries, drains, edge health."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+
+from fleet.errors import ProviderError
+from hostagent import edge
+from hostagent.inventory import Entry, Inventory
+from providers.proxy import runtime, spec
+from providers.proxy import table as t
+from tests.proxy.test_table import m, world
+
+
+def _spec(app: str, machines: list[t.MachineView], host: str = "sea-1") -> dict[str, object]:
+    routes = spec.app_routes(world(auto_start=True), app, host, machines)
+    return spec.to_json(app, "sea", routes)
+
+
+HELLO = _spec("hello", [m("hello", "sea", 1, "sea-1"), m("hello", "ams", 1, "ams-1")])
+ECHO = _spec("echo", [m("echo", "sea", 1, "sea-1")])
+
+
+def _handler(tmp_path: Path, stopped: frozenset[str] = frozenset()) -> edge.RouteHandler:
+    inventory = Inventory(tmp_path / "inventory")
+    with inventory.transaction() as state:
+        state.put(Entry("route", "hello", "sha256:1", dict(HELLO)))
+        state.put(Entry("route", "echo", "", dict(ECHO)))  # a create that failed half-way
+        state.put(Entry("machine", "hello/sea#1@x", "sha256:2", {"app": "hello"}))
+    paths = edge.EdgePaths.of(tmp_path)
+    return edge.RouteHandler(edge.Edge(paths, "sea-1"), inventory, lambda: stopped)
+
+
+def test_the_table_holds_every_committed_route_and_the_one_being_applied(tmp_path: Path) -> None:
+    handler = _handler(tmp_path, stopped=frozenset({"hello"}))
+    table = handler.table()
+    assert [r.name for r in table.routes] == ["be_hello_0"]  # echo's create never finished
+    assert (table.host, table.region) == ("sea-1", "sea")
+    waker = table.routes[0].server(t.WAKER_NAME)
+    assert waker is not None and waker.enabled  # hello has a stopped machine here
+    with_echo = handler.table({"echo": ECHO})
+    assert [r.name for r in with_echo.routes] == ["be_echo_0_tcp", "be_hello_0"]
+    assert handler.table({"hello": None}).routes == ()
+
+
+def test_a_malformed_spec_is_refused_and_raised_as_an_alarm(tmp_path: Path) -> None:
+    handler = _handler(tmp_path)
+    with pytest.raises(ProviderError, match=r"route\[echo\]"):
+        handler.create("echo", {"app": "echo", "routes": {"be_echo_0_tcp": {}}}, lambda *_: None)
+    assert "malformed route spec" in (handler.edge.alarm() or "")
+    seen = handler.observe("hello", HELLO)
+    assert seen.health == "critical" and "malformed" in seen.runtime["alarm"]
+
+
+def test_leaving_servers_drain_in_place_before_they_go() -> None:
+    w = world()
+    live = spec.assemble(
+        "sea-1",
+        "sea",
+        spec.app_routes(
+            w,
+            "hello",
+            "sea-1",
+            [
+                m("hello", "sea", 1, "sea-1"),
+                m("hello", "sea", 2, "sea-1"),
+                m("hello", "ams", 1, "ams-1"),
+            ],
+        ),
+    )
+    new = spec.assemble(
+        "sea-1",
+        "sea",
+        spec.app_routes(
+            w, "hello", "sea-1", [m("hello", "sea", 2, "sea-1"), m("hello", "sea", 3, "sea-2")]
+        ),
+    )
+    mid = edge.with_leavers_draining(live, new)
+    servers = [(s.name, s.draining) for s in mid.routes[0].servers]
+    assert servers == [("sea.1", True), ("sea.2", False), ("ams.1", True), ("sea.3", False)]
+    assert edge.with_leavers_draining(new, new) == new
+
+
+def test_edge_health_counts_up_machines_per_app_not_wakers_or_draining() -> None:
+    w = world(auto_start=True)
+    routes = spec.app_routes(
+        w,
+        "hello",
+        "sea-1",
+        [
+            m("hello", "sea", 1, "sea-1"),
+            m("hello", "sea", 2, "sea-1", t.MachineState.DRAINING),
+            m("hello", "ams", 1, "ams-1"),
+        ],
+    )
+    table = spec.assemble("sea-1", "sea", routes)
+
+    def stat(name: str, status: str) -> runtime.ServerStat:
+        return runtime.ServerStat("be_hello_0", name, 0, 0, 0, -1, 0, status)
+
+    stats = [stat("sea.1", "UP"), stat("sea.2", "UP"), stat("ams.1", "DOWN"), stat("waker", "UP")]
+    assert edge.count_up(table, stats) == {"hello": 1}
+    assert edge.count_up(table, []) == {"hello": 0}
+
+
+def test_saved_tables_round_trip_with_their_wakers(tmp_path: Path) -> None:
+    routes = spec.app_routes(
+        world(auto_start=True), "hello", "sea-1", [m("hello", "sea", 1, "sea-1")]
+    )
+    table = spec.assemble("sea-1", "sea", routes, stopped_apps=frozenset({"hello"}))
+    back = spec.table_from_json(json.loads(json.dumps(spec.table_to_json(table))))
+    assert back == table
