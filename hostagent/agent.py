@@ -52,6 +52,9 @@ class Facts:
     hypervisor: str
     agent_version: str
     private_prefix: str | None
+    # The public half of this host's WireGuard key (the private half never leaves
+    # the host); None where the agent manages no mesh.
+    wireguard_public_key: str | None = None
 
 
 class Agent:
@@ -115,6 +118,7 @@ class Agent:
                 "hypervisor": f.hypervisor,
                 "agent_version": f.agent_version,
                 "private_prefix": f.private_prefix,
+                "wireguard_public_key": f.wireguard_public_key,
                 "kinds": sorted(self.handlers),
             },
             "resources": resources,

@@ -34,6 +34,12 @@ class Config:
     # Labs and tests only: boot GPU machines without a GPU instead of refusing them.
     simulate_gpus: bool = False
     observe_port: int = OBSERVE_PORT
+    # Announcements (hostagent/announcer.py): the graceful-shutdown period before a
+    # planned withdraw and the hold-down before (re-)announcing; BGP session timers
+    # "default" (BIRD's) or "lab" (seconds, for labs and tests).
+    announce_grace_s: float = 30.0
+    announce_hold_down_s: float = 10.0
+    bgp_timers: str = "default"
 
     @property
     def inventory_dir(self) -> Path:
@@ -65,7 +71,24 @@ def load(data_dir: Path = DEFAULT_DIR) -> Config:
         insecure_registries=tuple(str(h) for h in raw.get("insecure_registries") or ()),
         simulate_gpus=bool(raw.get("simulate_gpus", False)),
         observe_port=_port(path, raw.get("observe_port", OBSERVE_PORT)),
+        announce_grace_s=_seconds(path, raw, "announce_grace_s", 30.0),
+        announce_hold_down_s=_seconds(path, raw, "announce_hold_down_s", 10.0),
+        bgp_timers=_choice(path, raw, "bgp_timers", ("default", "lab")),
     )
+
+
+def _seconds(path: Path, raw: dict[str, Any], key: str, default: float) -> float:
+    value = raw.get(key, default)
+    if isinstance(value, bool) or not isinstance(value, int | float) or value < 0:
+        raise ConfigError(f"{path}: {key!r} must be a number of seconds >= 0")
+    return float(value)
+
+
+def _choice(path: Path, raw: dict[str, Any], key: str, choices: tuple[str, ...]) -> str:
+    value = raw.get(key, choices[0])
+    if value not in choices:
+        raise ConfigError(f"{path}: {key!r} must be one of {', '.join(choices)}")
+    return str(value)
 
 
 def _port(path: Path, value: Any) -> int:
@@ -88,6 +111,9 @@ def save(config: Config) -> Path:
                 "insecure_registries": list(config.insecure_registries),
                 "simulate_gpus": config.simulate_gpus,
                 "observe_port": config.observe_port,
+                "announce_grace_s": config.announce_grace_s,
+                "announce_hold_down_s": config.announce_hold_down_s,
+                "bgp_timers": config.bgp_timers,
                 "agent_version": hostagent.__version__,
             },
             indent=2,

@@ -15,19 +15,38 @@ import threading
 from pathlib import Path
 
 import hostagent
+from hostagent import announcer, bird, edge, images, listener, machines, mesh, supervisor, wire
 from hostagent import config as config_mod
-from hostagent import edge, images, listener, machines, supervisor, wire
 from hostagent import handlers as H
 from hostagent.agent import Agent, Facts
 from hostagent.edgehealth import EdgeHealth, LocalMachines
 from hostagent.inventory import Inventory
 from providers.images import store
+from providers.network import announce, bgp
 from providers.vmm import machines as vmm_machines
 from providers.vmm.spec import VMMKind
 
 
+def network_handlers(
+    cfg: config_mod.Config, inventory: Inventory, edge: EdgeHealth
+) -> tuple[mesh.Mesh, bird.BirdDaemon, announcer.Announcer]:
+    """The mesh, BIRD and the announcer of this host; each is also a supervisor ticker."""
+    timers = bgp.LAB_TIMERS if cfg.bgp_timers == "lab" else bgp.BgpTimers()
+    wg = mesh.Mesh(cfg.data_dir, cfg.host, inventory)
+    daemon = bird.BirdDaemon(cfg.data_dir, cfg.host, timers, inventory)
+    ann = announcer.Announcer(
+        cfg.data_dir,
+        inventory,
+        edge,
+        daemon,
+        announce.AnnounceTimers(cfg.announce_grace_s, cfg.announce_hold_down_s),
+    )
+    return wg, daemon, ann
+
+
 def build_agent(data_dir: Path) -> Agent:
     cfg = config_mod.load(data_dir)
+    inventory = Inventory(cfg.inventory_dir)
     defaults = store.StoreOptions()
     options = store.StoreOptions(
         registry_insecure=(*defaults.registry_insecure, *cfg.insecure_registries)
@@ -37,6 +56,9 @@ def build_agent(data_dir: Path) -> Agent:
     handler = machines.MachineHandler(
         manager, VMMKind(cfg.hypervisor), simulate_gpus=cfg.simulate_gpus
     )
+    routes = route_handler(cfg, inventory, handler)
+    # The announcement gate asks the edge proxy (HAProxy's health checks).
+    wg, daemon, ann = network_handlers(cfg, inventory, edge.HAProxyHealth(routes.edge))
     facts = Facts(
         host=cfg.host,
         cpus=os.cpu_count() or 1,
@@ -45,12 +67,15 @@ def build_agent(data_dir: Path) -> Agent:
         hypervisor=cfg.hypervisor,
         agent_version=hostagent.__version__,
         private_prefix=cfg.private_prefix,
+        wireguard_public_key=wg.public_key(),
     )
-    inventory = Inventory(cfg.inventory_dir)
     kinds: dict[str, H.Handler] = {
         "machine": handler,
         "image": images.ImageHandler(image_store, data_dir),
-        edge.KIND: route_handler(cfg, inventory, handler),
+        edge.KIND: routes,
+        wg.kind: wg,
+        daemon.kind: daemon,
+        ann.kind: ann,
     }
     return Agent(inventory, kinds, facts)
 
@@ -123,11 +148,14 @@ def serve(
     cfg = config_mod.load(data_dir)
     agent = build_agent(data_dir)
     machine_kind = agent.handlers["machine"]
-    tickers: list[supervisor.Ticker] = []
+    inventory = Inventory(cfg.inventory_dir)
+    # The supervisor's own network handlers (their tickers keep state between passes).
+    wg, daemon, ann = network_handlers(cfg, inventory, edge_health(agent))
+    tickers: list[supervisor.Ticker] = [wg.tick, daemon.tick, ann.tick]
     routes = agent.handlers.get(edge.KIND)
     if isinstance(routes, edge.RouteHandler):
         tickers.append(edge.Ticker(routes))
-    sup = supervisor.Supervisor(Inventory(cfg.inventory_dir), machine_kind, tickers=tickers)
+    sup = supervisor.Supervisor(inventory, machine_kind, tickers=tickers)
     stop = threading.Event()
     for sig in (signal.SIGTERM, signal.SIGINT):
         signal.signal(sig, lambda *_: stop.set())

@@ -23,6 +23,8 @@ class Kind(StrEnum):
     MACHINE = "machine"
     ROUTE = "route"
     ANNOUNCEMENT = "announcement"
+    WIREGUARD = "wireguard"  # one per host, id "mesh": the host's mesh interface and peers
+    BGP = "bgp"  # one per host, id "bird": BIRD and its upstream sessions
 
 
 class DriftPolicy(StrEnum):
@@ -80,6 +82,11 @@ RULES: Mapping[Kind, Rules] = MappingProxyType(
         Kind.ANNOUNCEMENT: Rules(
             Kind.ANNOUNCEMENT, replace_fields=frozenset(), drift=DriftPolicy.CORRECT
         ),
+        # Peers change by `wg set` diff, never by recreating the interface. The
+        # agent's supervisor repairs peer drift itself; a plan only reports it.
+        Kind.WIREGUARD: Rules(Kind.WIREGUARD, replace_fields=frozenset(), drift=DriftPolicy.WARN),
+        # BIRD's config changes by `birdc configure`; live sessions are not config.
+        Kind.BGP: Rules(Kind.BGP, replace_fields=frozenset(), drift=DriftPolicy.IGNORE),
     }
 )
 

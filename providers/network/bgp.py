@@ -245,17 +245,74 @@ def render_upstream(
     asn: int,
     downstreams: Iterable[Downstream],
     timers: BgpTimers = LAB_TIMERS,
+    clients: Iterable[Downstream] = (),
 ) -> str:
     """An upstream router's ``bird.conf`` for the lab: ECMP into the kernel, RFC 8326 honoured.
 
     Not used on fleet hosts: it stands in for a region's provider router.
+    ``clients`` are sessions to which it passes on what the edges announce
+    (the lab's client network), graceful-shutdown community included.
     """
-    peers = list(downstreams)
-    for p in peers:
-        if not _SYMBOL.fullmatch(p.name):
-            raise ProviderError(f"downstream name {p.name!r} is not a BIRD symbol")
+    peers = _symbols(downstreams)
     return (
         _environment()
         .get_template("bird-upstream.conf.j2")
-        .render(router_id=router_id, asn=asn, peers=peers, t=timers, gshut=GRACEFUL_SHUTDOWN)
+        .render(
+            router_id=router_id,
+            asn=asn,
+            peers=peers,
+            clients=_symbols(clients),
+            t=timers,
+            gshut=GRACEFUL_SHUTDOWN,
+        )
+    )
+
+
+def _symbols(peers: Iterable[Downstream]) -> list[Downstream]:
+    out = list(peers)
+    for p in out:
+        if not _SYMBOL.fullmatch(p.name):
+            raise ProviderError(f"peer name {p.name!r} is not a BIRD symbol")
+    return out
+
+
+@dataclass(frozen=True, slots=True)
+class Preferred:
+    """One upstream as the lab's client network sees it; higher ``preference`` wins."""
+
+    peer: Downstream
+    preference: int
+
+
+def render_client(
+    *,
+    router_id: ipaddress.IPv4Address,
+    asn: int,
+    upstreams: Iterable[Preferred],
+    pools: Iterable[model.IPNetwork],
+    timers: BgpTimers = LAB_TIMERS,
+) -> str:
+    """The lab client network's ``bird.conf``: learn the anycast pools from every upstream.
+
+    One best route per prefix goes into the kernel: the upstream with the
+    highest preference, unless its route carries 65535:0; when an upstream
+    withdraws, the next one's route takes over (a real failover, no default
+    route). Only prefixes inside ``pools`` are accepted.
+    """
+    ups = list(upstreams)
+    _symbols(u.peer for u in ups)
+    nets = list(pools)
+    if any(n.prefixlen == 0 for n in nets):
+        raise ProviderError("client: an anycast pool is the whole address space")
+    return (
+        _environment()
+        .get_template("bird-client.conf.j2")
+        .render(
+            router_id=router_id,
+            asn=asn,
+            upstreams=ups,
+            pools={v: _by_version(nets, v) for v in (4, 6)},
+            t=timers,
+            gshut=GRACEFUL_SHUTDOWN,
+        )
     )

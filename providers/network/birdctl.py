@@ -72,8 +72,14 @@ def birdc(bird: Bird, *command: str) -> str:
     return netexec.run(["birdc", "-s", str(bird.socket), *command], netns=bird.netns).stdout
 
 
-def start(directory: Path, config_text: str, netns: str | None = None) -> Bird:
-    """Check ``config_text``, then start BIRD in the foreground in ``netns``."""
+def start(
+    directory: Path, config_text: str, netns: str | None = None, *, detach: bool = False
+) -> Bird:
+    """Check ``config_text``, then start BIRD in the foreground in ``netns``.
+
+    ``detach`` gives BIRD its own session, so it outlives the short process
+    that started it (the host agent's ``apply``); ``bird.pid`` names it.
+    """
     directory.mkdir(parents=True, exist_ok=True)
     bird = Bird(directory, netns)
     _write(bird.candidate, config_text)
@@ -99,6 +105,7 @@ def start(directory: Path, config_text: str, netns: str | None = None) -> Bird:
                 stdout=out,
                 stderr=subprocess.STDOUT,
                 stdin=subprocess.DEVNULL,
+                start_new_session=detach,
             )
         except OSError as exc:
             raise ProviderError(f"bird: {exc}") from exc

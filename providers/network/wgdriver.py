@@ -60,9 +60,14 @@ def _link_exists(name: str, netns: str | None) -> bool:
 
 
 def create_interface(
-    name: str, netns: str | None = None, *, log_file: Path | None = None
+    name: str, netns: str | None = None, *, log_file: Path | None = None, detach: bool = False
 ) -> WgInterface:
-    """Create ``name`` in ``netns``: kernel module if it works, else wireguard-go."""
+    """Create ``name`` in ``netns``: kernel module if it works, else wireguard-go.
+
+    ``detach`` runs wireguard-go in its own session, so it outlives the short
+    process that created it (the host agent's ``apply``); its PID stays in
+    the returned interface for whoever wants to record it.
+    """
     if _link_exists(name, netns):
         raise ProviderError(f"interface {name} already exists")
     kernel = netexec.run(
@@ -83,6 +88,7 @@ def create_interface(
             stderr=subprocess.STDOUT,
             stdin=subprocess.DEVNULL,
             env={**os.environ, "LOG_LEVEL": "error"},
+            start_new_session=detach,
         )
     except OSError as exc:
         raise ProviderError(f"wireguard-go: {exc}") from exc
@@ -109,11 +115,13 @@ def configure(
     listen_port: int,
     mesh_address: ipaddress.IPv6Address,
     routes: Iterable[ipaddress.IPv6Network],
+    source: ipaddress.IPv6Address | None = None,
 ) -> None:
     """Key and port, the mesh address (/128, no DAD), link up, routes into the interface.
 
     Idempotent: addresses and routes are ``replace``d. The routes are normally
-    the fleet's /48 alone (see :mod:`providers.network.addressing`).
+    the fleet's /48 alone (see :mod:`providers.network.addressing`); ``source``
+    (normally the mesh address) is the source the host's own packets take.
     """
     ns = iface.netns
     netexec.run(
@@ -125,8 +133,9 @@ def configure(
         netns=ns,
     )
     netexec.run(["ip", "link", "set", "dev", iface.name, "up"], netns=ns)
+    src = ["src", str(source)] if source is not None else []
     for route in routes:
-        netexec.run(["ip", "-6", "route", "replace", str(route), "dev", iface.name], netns=ns)
+        netexec.run(["ip", "-6", "route", "replace", str(route), "dev", iface.name, *src], netns=ns)
 
 
 def observe_command(iface: WgInterface) -> list[str]:

@@ -41,6 +41,11 @@ def register(sub: Any) -> None:
         action="store_true",
         help="labs and tests only: boot GPU machines without a GPU instead of refusing them",
     )
+    b.add_argument(
+        "--lab-timers",
+        action="store_true",
+        help="labs and tests only: BGP timers in seconds, 2 s graceful shutdown, 3 s hold-down",
+    )
     b.set_defaults(func=cmd_bootstrap)
 
 
@@ -92,6 +97,7 @@ def cmd_bootstrap(args: argparse.Namespace) -> int:
                 insecure_registries=args.insecure_registry,
                 kernel=kernel,
                 simulate_gpus=args.simulate_gpus,
+                lab_timers=args.lab_timers,
             )
 
         result = fanout.fan_out(chosen, one, max_concurrency=args.parallelism)

@@ -101,6 +101,8 @@ class Facts:
     # The resource kinds the host's agent manages; empty means "all" (older
     # agents and saved snapshots did not say).
     kinds: tuple[str, ...] = ()
+    # The public half of the host's WireGuard key (None: not reported yet).
+    wireguard_public_key: str | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -174,6 +176,11 @@ def host_to_json(o: HostObservation) -> dict[str, Json]:
             "agent_version": o.facts.agent_version,
             "private_prefix": o.facts.private_prefix,
             **({"kinds": list(o.facts.kinds)} if o.facts.kinds else {}),
+            **(
+                {"wireguard_public_key": o.facts.wireguard_public_key}
+                if o.facts.wireguard_public_key
+                else {}
+            ),
         },
         "resources": [resource_to_json(r) for r in o.resources],
     }
@@ -383,6 +390,7 @@ def host_from_json(raw: Json, expect_host: str | None = None) -> HostObservation
         agent_version=rd.opt(facts_raw, "agent_version", str, "$.facts", ""),
         private_prefix=rd.opt(facts_raw, "private_prefix", str, "$.facts", None),
         kinds=tuple(str(k) for k in rd.opt(facts_raw, "kinds", list, "$.facts", [])),
+        wireguard_public_key=rd.opt(facts_raw, "wireguard_public_key", str, "$.facts", None),
     )
     raw_resources = rd.get(raw, "resources", list, "$")
     parsed = _resources(rd, raw_resources)

@@ -29,6 +29,7 @@ from reconciler.core import (
     desired,
     diff,
     guards,
+    hostnet,
     machines,
     observed,
     rollout,
@@ -55,8 +56,9 @@ class _Index:
     )
     unmanaged: list[tuple[str, observed.Resource]] = field(default_factory=list)
     prefixes: dict[str, ipaddress.IPv6Network] = field(default_factory=dict)
-    kinds: dict[str, frozenset[str]] = field(default_factory=dict)  # empty: all kinds
+    kinds: dict[str, frozenset[str]] = field(default_factory=dict)  # empty: _LEGACY_KINDS
     anycast: dict[str, model.AppAddresses] = field(default_factory=dict)
+    keys: dict[str, str] = field(default_factory=dict)  # WireGuard public keys reported
     warnings: list[P.Warning] = field(default_factory=list)
 
 
@@ -73,6 +75,8 @@ def _index(fleet: model.Fleet, snap: observed.Snapshot) -> _Index:
             continue
         idx.reachable.add(name)
         idx.kinds[name] = frozenset(obs.facts.kinds)
+        if obs.facts.wireguard_public_key:
+            idx.keys[name] = obs.facts.wireguard_public_key
         if obs.facts.private_prefix:
             try:
                 idx.prefixes[name] = ipaddress.IPv6Network(obs.facts.private_prefix)
@@ -213,24 +217,29 @@ def _host_resources(
     parts: Mapping[str, desired.AppParts],
 ) -> None:
     fleet = world.fleet
+    mesh = _mesh(world, idx, acc)
     routes = desired.RouteSpecs(world, on_host)
-    edge_apps = sorted(name for name, p in parts.items() if p.public and p.announces)
+    # Every non-cordoned host is an edge for every public app with anycast
+    # addresses; whether it announces right now is its health gate's call.
+    # Every host (cordoned ones too) routes them: its machines may all be elsewhere.
+    announced = [parts[a] for a in sorted(fleet.apps) if parts[a].public and parts[a].announces]
     for host in sorted(idx.reachable):
         wanted: list[desired.Desired] = []
         apps = on_host.get(host, {})
         refs = sorted({fleet.apps[a].image for a in apps})
         wanted += [desired.image(host, ref) for ref in refs]
-        # every host is an edge for every public app (its machines may all be elsewhere)
-        wanted += [routes.route(host, app_name) for app_name in edge_apps]
-        for app_name in sorted(apps):
-            p = parts[app_name]
-            if p.public and p.announces:
-                wanted.append(p.announcement(host))
+        wanted += [routes.route(host, p.app.name) for p in announced]
+        if not fleet.hosts[host].cordoned:
+            wanted += [p.announcement(host) for p in announced]
+        wanted.append(mesh.spec(host))
+        bird = hostnet.bird(world, host)
+        if bird is not None:
+            wanted.append(bird)
         by_kind: dict[Kind, list[desired.Desired]] = defaultdict(list)
-        supported = idx.kinds.get(host) or frozenset()
+        supported = idx.kinds.get(host) or _LEGACY_KINDS
         skipped: dict[str, int] = defaultdict(int)
         for d in wanted:
-            if supported and d.kind.value not in supported:
+            if d.kind.value not in supported:
                 # Never guess: a host whose agent cannot hold this kind gets no step
                 # for it, and the plan says so (once per host and kind).
                 skipped[d.kind.value] += 1
@@ -241,16 +250,46 @@ def _host_resources(
                 P.Warning(f"host.{host}", f"{count} {kind_name} resource(s) not planned: "
                           f"the agent on {host} does not manage {kind_name}s yet")
             )  # fmt: skip
-        for kind in (Kind.IMAGE, Kind.ROUTE, Kind.ANNOUNCEMENT):
+        for kind in _HOST_KINDS:
             _reconcile_kind(
                 acc, host, kind, by_kind.get(kind, []), idx.others.get((host, kind), {})
             )
 
 
+def _mesh(world: model.DesiredWorld, idx: _Index, acc: machines.Acc) -> hostnet.MeshParts:
+    """The fleet's mesh from the keys hosts report (or last gave their peers)."""
+    applied = (
+        r.spec
+        for (_, kind), by_id in idx.others.items()
+        if kind is Kind.WIREGUARD
+        for r in by_id.values()
+    )
+    keys = hostnet.public_keys(world, idx.keys, applied)
+    meshed = {h for h, kinds in idx.kinds.items() if Kind.WIREGUARD.value in kinds}
+    for host in sorted(meshed - set(keys)):
+        acc.warnings.append(
+            P.Warning(f"host.{host}", "no WireGuard public key known yet (bootstrap the host): "
+                      "no other host has it as a peer")
+        )  # fmt: skip
+    return hostnet.MeshParts(world, keys)
+
+
+# An agent that does not list its kinds predates the network kinds.
+_LEGACY_KINDS = frozenset({"image", "machine", "route", "announcement"})
+_HOST_KINDS = (Kind.IMAGE, Kind.ROUTE, Kind.ANNOUNCEMENT, Kind.WIREGUARD, Kind.BGP)
 _NOOP_TEXT = {
     Kind.IMAGE: "image {id} present",
     Kind.ROUTE: "route for app {id} up to date",
     Kind.ANNOUNCEMENT: "announcing app {id}",
+    Kind.WIREGUARD: "mesh interface and peers up to date",
+    Kind.BGP: "BIRD config up to date",
+}
+_DESTROY_TEXT = {
+    Kind.IMAGE: "no machine on the host uses it",
+    Kind.ROUTE: "app {app} is no longer served at the edge",
+    Kind.ANNOUNCEMENT: "{host} no longer announces app {app} (cordoned, or the app is not public)",
+    Kind.WIREGUARD: "{host} has no mesh interface in the fleet",
+    Kind.BGP: "{host} runs no BIRD in the fleet",
 }
 
 
@@ -340,13 +379,8 @@ def _reconcile_kind(
         if rid in wanted_ids:
             continue
         addr = address.host_resource(host, kind, rid)
-        app = str(r.spec.get("app")) if kind is not Kind.IMAGE else None
-        if kind is Kind.IMAGE:
-            reason = "no machine on the host uses it"
-        elif kind is Kind.ROUTE:
-            reason = f"app {app} is no longer served at the edge"
-        else:
-            reason = f"no machine of app {app} on {host} any more"
+        app = str(r.spec.get("app")) if kind in (Kind.ROUTE, Kind.ANNOUNCEMENT) else None
+        reason = _DESTROY_TEXT[kind].format(app=app, host=host)
         acc.add(
             P.Change(addr, kind, P.Action.DESTROY, reason, host=host, app=app, before=r.spec),
             machines.delete_step(addr, host, r, app),

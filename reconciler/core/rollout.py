@@ -109,6 +109,8 @@ def order(works: Sequence[Work], fleet: model.Fleet) -> tuple[list[Work], list[P
                     app_route_puts[s.app or ""].append(s.id)
             elif s.kind is Kind.ANNOUNCEMENT:
                 (ann_delete if s.verb is P.Verb.DELETE else ann_put)[key] = s.id
+            elif s.kind in (Kind.WIREGUARD, Kind.BGP):
+                continue  # host-level: nothing waits for them, they wait for nothing
             elif s.verb is P.Verb.DELETE:
                 deletes_on[s.host].append(s.id)
                 if c.action is P.Action.DESTROY:

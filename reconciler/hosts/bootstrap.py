@@ -70,8 +70,9 @@ def agent_config(
     prefix: str | None,
     insecure_registries: Sequence[str] = (),
     simulate_gpus: bool = False,
+    lab_timers: bool = False,
 ) -> dict[str, object]:
-    return {
+    config: dict[str, object] = {
         "simulate_gpus": simulate_gpus,
         "host": host.name,
         "hypervisor": host.hypervisor.value,
@@ -79,6 +80,14 @@ def agent_config(
         "gpus": {g.model: g.count for g in host.capacity.gpus},
         "insecure_registries": sorted(insecure_registries),
     }
+    if lab_timers:
+        config.update(LAB_TIMERS)
+    return config
+
+
+# Short network timers for labs and tests (docs/network.md): BGP sessions in
+# seconds, a 2 s graceful-shutdown period, a 3 s hold-down.
+LAB_TIMERS = {"announce_grace_s": 2.0, "announce_hold_down_s": 3.0, "bgp_timers": "lab"}
 
 
 def _state_script() -> str:
@@ -101,10 +110,13 @@ def bootstrap(
     insecure_registries: Sequence[str] = (),
     kernel: bundle_mod.KernelPackage | None = None,
     simulate_gpus: bool = False,
+    lab_timers: bool = False,
 ) -> Outcome:
     steps: list[str] = []
     config = json.dumps(
-        agent_config(host, prefix, insecure_registries, simulate_gpus), indent=2, sort_keys=True
+        agent_config(host, prefix, insecure_registries, simulate_gpus, lab_timers),
+        indent=2,
+        sort_keys=True,
     )
     lines = [*remote.run(_state_script()).splitlines(), "", "", ""]
     installed, current_config, serving = lines[0].strip(), lines[1].strip(), lines[2].strip()

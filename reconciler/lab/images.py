@@ -8,7 +8,10 @@ answer, so a rolling deploy is visible from outside.
 
 - ``examples/hello``: busybox httpd on ``$PORT`` (8080) over IPv4 and IPv6,
   answering ``$GREETING (version)`` at ``/`` and ``ok`` at ``/healthz``.
-- ``examples/echo``: a TCP echo server on port 7000.
+- ``examples/echo``: a TCP echo server on port 7000, and on port 7001 a
+  probe that connects *out*: send it ``ADDRESS PORT`` and it answers with what
+  ``ADDRESS:PORT`` said to ``ping`` (how the lab tests show a machine reaching
+  a machine on another host over the mesh).
 """
 
 from __future__ import annotations
@@ -38,18 +41,27 @@ wait $pid
 
 ECHO = """#!/bin/sh
 trap 'exit 0' INT TERM
-echo "echo: listening on 7000"
+echo "echo: listening on 7000 (probe on 7001)"
+nc -ll -p 7001 -e /bin/probe &
 nc -ll -p 7000 -e cat &
 wait $!
+"""
+
+PROBE = """#!/bin/sh
+read addr port
+echo ping | nc -w 3 "$addr" "$port"
 """
 
 EXTRA_APPLETS = ("mkdir", "nc")
 
 
-def _image(script: str, text: str, config: dict[str, Any]) -> layout.ImageSpec:
-    """busybox (with the applets the scripts use) plus one start script."""
+def _image(
+    script: str, text: str, config: dict[str, Any], extra: dict[str, str] | None = None
+) -> layout.ImageSpec:
+    """busybox (with the applets the scripts use) plus a start script and ``extra`` scripts."""
     base = samples.base_entries() + layout.busybox_entries(Path("/bin/busybox"), EXTRA_APPLETS)
-    top = [layout.file(script, text, 0o755)]
+    scripts = {script: text, **(extra or {})}
+    top = [layout.file(path, body, 0o755) for path, body in scripts.items()]
     return layout.ImageSpec([layout.layer_tar(base), layout.layer_tar(top)], config)
 
 
@@ -64,7 +76,7 @@ def hello_image(version: str) -> layout.ImageSpec:
 
 def echo_image() -> layout.ImageSpec:
     config = {"Entrypoint": ["/bin/echo-server"], "Env": ["PATH=/bin"]}
-    return _image("bin/echo-server", ECHO, config)
+    return _image("bin/echo-server", ECHO, config, {"bin/probe": PROBE})
 
 
 def push_all(registry: str = REGISTRY) -> list[str]:

@@ -37,7 +37,7 @@ from typing import Any
 
 from fleet.errors import LabError
 from reconciler import netns
-from reconciler.lab import images, topology
+from reconciler.lab import images, routers, topology
 from reconciler.lab.topology import (
     CLIENT_NS,
     MGMT_GATEWAY,
@@ -355,6 +355,7 @@ def up(topo: Topology, paths: Paths) -> dict[str, Any]:
         if not _wait_port(str(REGISTRY_ADDR.ip), 5000, 10.0):
             raise LabError("the lab's image registry did not start (see registry.log)")
         pushed = images.push_all()
+        router_pids = routers.start(topo, paths.root, lambda p: _mountpoint(paths, p))
         state = {
             "hosts": {
                 h.name: {
@@ -367,6 +368,7 @@ def up(topo: Topology, paths: Paths) -> dict[str, Any]:
             },
             "regions": {r.name: {"netns": r.netns} for r in topo.regions},
             "client": CLIENT_NS,
+            "routers": router_pids,
             "prefix": PREFIX,
             "mgmt_netns": MGMT_NS,
             "registry": {
@@ -472,6 +474,10 @@ def exec_argv(paths: Paths, node: str, command: Sequence[str]) -> list[str]:
         raise LabError("the lab is not up: run `reconcile lab up` first")
     state = json.loads(paths.state.read_text())
     cmd = list(command) or ["/bin/sh"]
+    router = state.get("routers", {}).get(node)
+    if router is not None and _alive(router):
+        # The router's own mount namespace: its /run/bird, so plain `birdc` works.
+        return ["nsenter", "-t", str(router), "-m", "-n", "--", *cmd]
     if node in state["hosts"]:
         pid = state["hosts"][node]["sshd_pid"]
         if not _alive(pid):

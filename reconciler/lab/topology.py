@@ -78,6 +78,7 @@ class LabRegion:
     peer_client4: ipaddress.IPv4Interface  # the client's side
     peer_client6: ipaddress.IPv6Interface
     asn: int
+    edge_asn: int  # the ASN the region's hosts speak (Region.asn, else the Network's)
 
 
 @dataclass(frozen=True, slots=True)
@@ -140,6 +141,7 @@ def build(fleet: model.Fleet) -> Topology:
                 peer_client4=ipaddress.IPv4Interface(f"{ends[1]}/30"),
                 peer_client6=ipaddress.IPv6Interface(f"fd00:c1:{i}::2/64"),
                 asn=peer.asn,
+                edge_asn=region.asn if region.asn is not None else fleet.network.asn,
             )
         )
     by_region = {r.name: r for r in regions}
