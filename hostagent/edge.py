@@ -2,9 +2,11 @@
 
 The inventory holds one ``route[<app>]`` entry per app (the reconciler's spec:
 :mod:`providers.proxy.spec`). Whatever changes, the handler rebuilds the
-host's whole :class:`~providers.proxy.table.RoutingTable` from all of them and
-hands it to :class:`~providers.proxy.proxy.EdgeProxy`, which changes HAProxy
-through the runtime API when it can and a seamless reload when it must.
+host's whole :class:`~providers.proxy.table.RoutingTable` from every route
+spec HAProxy serves (``proxy/routes.json``, changed under the edge lock, so
+concurrent applies never undo each other) and hands it to
+:class:`~providers.proxy.proxy.EdgeProxy`, which changes HAProxy through the
+runtime API when it can and a seamless reload when it must.
 
 HAProxy outlives the short ``fleet-agent apply`` process that starts it (its
 own session; its PID in ``proxy/haproxy/haproxy.pid``). Every process that
@@ -36,7 +38,6 @@ from typing import Any
 
 from fleet.errors import ProviderError
 from hostagent import handlers as H
-from hostagent.inventory import Inventory
 from providers.proxy import certs, haproxy, proxy, reload, runtime, spec
 from providers.proxy import table as t
 
@@ -76,6 +77,11 @@ class EdgePaths:
     @property
     def alarm(self) -> Path:
         return self.root / "alarm"
+
+    @property
+    def specs(self) -> Path:
+        """Every route spec HAProxy serves, by app: the source of the host's table."""
+        return self.root / "routes.json"
 
     @property
     def lock(self) -> Path:
@@ -131,15 +137,57 @@ class Edge:
         else:
             _write(self.paths.alarm, text + "\n")
 
-    def bring_to(self, table: t.RoutingTable, emit: H.Emit) -> None:
-        """Make HAProxy serve ``table`` (start it for the first route; drain leavers)."""
+    def specs(self) -> dict[str, Mapping[str, Json]]:
+        try:
+            raw = json.loads(self.paths.specs.read_text())
+        except (OSError, ValueError):
+            return {}
+        return dict(raw) if isinstance(raw, dict) else {}
+
+    def table(
+        self, specs: Mapping[str, Mapping[str, Json]], stopped: frozenset[str]
+    ) -> t.RoutingTable:
+        """The host's table from route specs (a malformed one raises ProviderError)."""
+        routes: list[t.Route] = []
+        region = ""
+        for rid, value in sorted(specs.items()):
+            routes += spec.from_json(value, f"route[{rid}]")
+            region = region or str(value.get("region", ""))
+        return spec.assemble(
+            self.host, region, routes, stopped_apps=stopped, settings=self.settings
+        )
+
+    def change(
+        self,
+        override: Mapping[str, Mapping[str, Json] | None],
+        stopped: frozenset[str],
+        emit: H.Emit,
+    ) -> None:
+        """Under the edge lock: the served specs with ``override`` (None: removed), made live.
+
+        Concurrent applies (one per action) serialise here, each starting from
+        what the previous one made live, so none undoes another's route.
+        """
         with self.locked() as edge:
+            specs = self.specs()
+            for rid, value in override.items():
+                if value is None:
+                    specs.pop(rid, None)
+                else:
+                    specs[rid] = dict(value)
             try:
-                self._bring(edge, table, emit)
+                table = self.table(specs, stopped)
+                if table.routes:
+                    self._bring(edge, table, emit)
+                else:
+                    edge.stop()
+                    self.paths.table.unlink(missing_ok=True)
+                    emit("proxy-stopped", "no routes left")
             except ProviderError as exc:
                 self._set_alarm(str(exc))
                 raise
             self._set_alarm(None)
+            _write(self.paths.specs, json.dumps(specs, sort_keys=True))
 
     def _bring(self, edge: proxy.EdgeProxy, table: t.RoutingTable, emit: H.Emit) -> None:
         t.check(table)
@@ -157,15 +205,6 @@ class Edge:
         result = edge.apply(table)
         if result.method is not proxy.Method.NOOP:
             emit(f"proxy-{result.method}", f"{result.reason}: {', '.join(sorted(result.touched))}")
-
-    def stop(self) -> None:
-        with self.locked() as edge:
-            edge.stop()
-        self.paths.table.unlink(missing_ok=True)
-
-    def running(self) -> bool:
-        with self.locked() as edge:
-            return edge.live is not None and edge.process.running()
 
 
 def with_leavers_draining(live: t.RoutingTable, new: t.RoutingTable) -> t.RoutingTable:
@@ -224,66 +263,24 @@ class RouteHandler:
     def __init__(
         self,
         edge: Edge,
-        inventory: Inventory,
         stopped_apps: Callable[[], frozenset[str]] = frozenset,
     ) -> None:
         self.edge = edge
-        self.inventory = inventory
         self.stopped_apps = stopped_apps
 
-    def table(
-        self, override: Mapping[str, Mapping[str, Json] | None] | None = None
-    ) -> t.RoutingTable:
-        """The host's table from every route entry, with ``override`` (None: removed)."""
-        specs: dict[str, Mapping[str, Json]] = {
-            rid: entry.spec
-            for (kind, rid), entry in self.inventory.read().entries.items()
-            if kind == KIND and entry.etag and entry.spec
-        }
-        for rid, value in (override or {}).items():
-            if value is None:
-                specs.pop(rid, None)
-            else:
-                specs[rid] = value
-        routes: list[t.Route] = []
-        region = ""
-        for rid, s in sorted(specs.items()):
-            routes += spec.from_json(s, f"route[{rid}]")
-            region = region or str(s.get("region", ""))
-        return spec.assemble(
-            self.edge.host,
-            region,
-            routes,
-            stopped_apps=self.stopped_apps(),
-            settings=self.edge.settings,
-        )
-
-    def _bring(self, override: Mapping[str, Mapping[str, Json] | None], emit: H.Emit) -> None:
-        try:
-            table = self.table(override)
-        except ProviderError as exc:
-            self.edge._set_alarm(str(exc))
-            raise
-        self.edge.bring_to(table, emit)
-
     def create(self, rid: str, spec_: Mapping[str, Json], emit: H.Emit) -> None:
-        self._bring({rid: spec_}, emit)
+        self.edge.change({rid: spec_}, self.stopped_apps(), emit)
 
     def update(
         self, rid: str, old: Mapping[str, Json], spec_: Mapping[str, Json], emit: H.Emit
     ) -> None:
-        self._bring({rid: spec_}, emit)
+        self.edge.change({rid: spec_}, self.stopped_apps(), emit)
 
     def delete(self, rid: str, spec_: Mapping[str, Json], emit: H.Emit) -> None:
-        table = self.table({rid: None})
-        if not table.routes:
-            self.edge.stop()
-            emit("proxy-stopped", "no routes left")
-            return
-        self.edge.bring_to(table, emit)
+        self.edge.change({rid: None}, self.stopped_apps(), emit)
 
     def start(self, rid: str, spec_: Mapping[str, Json], emit: H.Emit) -> None:
-        self._bring({}, emit)
+        self.edge.change({}, self.stopped_apps(), emit)
 
     def observe(self, rid: str, spec_: Mapping[str, Json]) -> H.Observed:
         alarm = self.edge.alarm()
@@ -327,7 +324,7 @@ class Ticker:
         stopped = self.handler.stopped_apps()
         if alive and stopped == self._stopped:
             return []
-        self.handler.edge.bring_to(self.handler.table(), lambda *_: None)
+        edge.change({}, stopped, lambda *_: None)
         self._stopped = stopped
         return [] if alive else ["restarted HAProxy"]
 

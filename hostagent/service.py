@@ -92,9 +92,7 @@ def route_handler(
                 out.add(str(entry.spec.get("app", "")))
         return frozenset(out)
 
-    return edge.RouteHandler(
-        edge.Edge(edge.EdgePaths.of(cfg.data_dir), cfg.host), inventory, stopped_apps
-    )
+    return edge.RouteHandler(edge.Edge(edge.EdgePaths.of(cfg.data_dir), cfg.host), stopped_apps)
 
 
 def edge_health(agent: Agent) -> EdgeHealth:

@@ -9,7 +9,6 @@ import pytest
 
 from fleet.errors import ProviderError
 from hostagent import edge
-from hostagent.inventory import Entry, Inventory
 from providers.proxy import runtime, spec
 from providers.proxy import table as t
 from tests.proxy.test_table import m, world
@@ -24,33 +23,29 @@ HELLO = _spec("hello", [m("hello", "sea", 1, "sea-1"), m("hello", "ams", 1, "ams
 ECHO = _spec("echo", [m("echo", "sea", 1, "sea-1")])
 
 
-def _handler(tmp_path: Path, stopped: frozenset[str] = frozenset()) -> edge.RouteHandler:
-    inventory = Inventory(tmp_path / "inventory")
-    with inventory.transaction() as state:
-        state.put(Entry("route", "hello", "sha256:1", dict(HELLO)))
-        state.put(Entry("route", "echo", "", dict(ECHO)))  # a create that failed half-way
-        state.put(Entry("machine", "hello/sea#1@x", "sha256:2", {"app": "hello"}))
-    paths = edge.EdgePaths.of(tmp_path)
-    return edge.RouteHandler(edge.Edge(paths, "sea-1"), inventory, lambda: stopped)
+def _edge(tmp_path: Path) -> edge.Edge:
+    return edge.Edge(edge.EdgePaths.of(tmp_path), "sea-1")
 
 
-def test_the_table_holds_every_committed_route_and_the_one_being_applied(tmp_path: Path) -> None:
-    handler = _handler(tmp_path, stopped=frozenset({"hello"}))
-    table = handler.table()
-    assert [r.name for r in table.routes] == ["be_hello_0"]  # echo's create never finished
+def test_the_table_holds_every_served_route_with_the_host_waker_state(tmp_path: Path) -> None:
+    e = _edge(tmp_path)
+    table = e.table({"hello": HELLO}, frozenset({"hello"}))
+    assert [r.name for r in table.routes] == ["be_hello_0"]
     assert (table.host, table.region) == ("sea-1", "sea")
     waker = table.routes[0].server(t.WAKER_NAME)
     assert waker is not None and waker.enabled  # hello has a stopped machine here
-    with_echo = handler.table({"echo": ECHO})
-    assert [r.name for r in with_echo.routes] == ["be_echo_0_tcp", "be_hello_0"]
-    assert handler.table({"hello": None}).routes == ()
+    both = e.table({"hello": HELLO, "echo": ECHO}, frozenset())
+    assert [r.name for r in both.routes] == ["be_echo_0_tcp", "be_hello_0"]
 
 
 def test_a_malformed_spec_is_refused_and_raised_as_an_alarm(tmp_path: Path) -> None:
-    handler = _handler(tmp_path)
+    e = _edge(tmp_path)
+    handler = edge.RouteHandler(e)
+    broken = {"app": "echo", "routes": {"be_echo_0_tcp": {}}}
     with pytest.raises(ProviderError, match=r"route\[echo\]"):
-        handler.create("echo", {"app": "echo", "routes": {"be_echo_0_tcp": {}}}, lambda *_: None)
-    assert "malformed route spec" in (handler.edge.alarm() or "")
+        handler.create("echo", broken, lambda *_: None)
+    assert "malformed route spec" in (e.alarm() or "")
+    assert e.specs() == {}  # nothing refused is kept as served
     seen = handler.observe("hello", HELLO)
     assert seen.health == "critical" and "malformed" in seen.runtime["alarm"]
 

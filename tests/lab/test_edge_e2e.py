@@ -1,0 +1,236 @@
+"""The edge on the lab, end to end: clients reach apps through anycast, HAProxy and the mesh.
+
+Real sshd per namespace host, the agent installed by bootstrap, real microVMs
+under QEMU, BIRD announcing anycast to each region's upstream router, the
+client namespace routing to the best region, WireGuard between hosts and
+HAProxy on every host (driven by the ``route`` kind). One module-scoped lab
+with its own prefix; the tests run in file order and each leaves the fleet
+converged for the next.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import shutil
+import subprocess
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from tests.lab.conftest import ROOT, Lab, lab_directory
+from tests.lab.test_fleet_e2e import Fleet
+
+pytestmark = [pytest.mark.root, pytest.mark.lab, pytest.mark.qemu, pytest.mark.slow]
+
+HELLO = "198.51.100.10"
+LEDGER = "198.51.100.20"
+INFER = "198.51.100.30"  # machines in sea only
+ECHO = "198.51.100.40"
+
+
+@pytest.fixture(scope="module")
+def fleet(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Fleet]:
+    if os.geteuid() != 0:
+        pytest.skip("the lab needs root")
+    lab = Lab(
+        lab_directory().with_name(lab_directory().name + "-edge"), f"fg{os.getpid() % 100000}"
+    )
+    work = tmp_path_factory.mktemp("edge")
+    shutil.copytree(ROOT / "examples", work / "fleet")
+    try:
+        lab.reconcile("lab", "up", "--fleet", str(work / "fleet"))
+        the_fleet = Fleet(lab, work / "fleet")
+        the_fleet.bootstrap()
+        result = the_fleet.apply()
+        assert "Apply complete." in result.stdout, result.stdout[-3000:] + result.stderr[-2000:]
+        yield the_fleet
+    finally:
+        lab.reconcile("lab", "down", check=False)
+
+
+def client(fleet: Fleet, *cmd: str, timeout: float = 60) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        ["ip", "netns", "exec", f"{fleet.lab.prefix}-client", *cmd],
+        capture_output=True,
+        text=True,
+        check=False,
+        timeout=timeout,
+    )
+
+
+def curl(fleet: Fleet, url: str, *extra: str) -> str:
+    ca = fleet.lab.directory / "ca" / "ca.pem"
+    out = client(fleet, "curl", "-s", "-m", "5", "--cacert", str(ca), *extra, url)
+    return out.stdout.strip() or f"(no answer: exit {out.returncode} {out.stderr.strip()})"
+
+
+def wait_for(check: object, timeout: float = 60.0, step: float = 0.5) -> None:
+    assert callable(check)
+    deadline = time.monotonic() + timeout
+    last: object = None
+    while time.monotonic() < deadline:
+        last = check()
+        if last is True:
+            return
+        time.sleep(step)
+    raise AssertionError(f"not true after {timeout}s: {last}")
+
+
+def test_every_host_runs_haproxy_for_every_public_app(fleet: Fleet) -> None:
+    for host in ("ams-1", "ams-2", "sea-1", "sea-2"):
+        out = fleet.lab.exec(host, "ss", "-ltnH").stdout
+        for address, port in ((HELLO, 80), (HELLO, 443), (LEDGER, 80), (INFER, 80), (ECHO, 7000)):
+            assert f"{address}:{port} " in out, (host, address, port, out)
+    routes = [r for h in fleet.observe()["hosts"] for r in h["resources"] if r["kind"] == "route"]
+    assert len(routes) == 16
+    assert all(r["status"]["health"] == "passing" for r in routes), routes
+
+
+def test_client_reaches_apps_through_anycast_and_tls(fleet: Fleet) -> None:
+    # The announcement gate waits for the proxy's health checks: give it a moment.
+    wait_for(lambda: curl(fleet, f"http://{HELLO}/") == "hello from the fleet (version 1.0)")
+    assert curl(fleet, f"https://{HELLO}/") == "hello from the fleet (version 1.0)"
+    named = curl(
+        fleet,
+        "https://hello.fleet.internal/",
+        "--resolve",
+        f"hello.fleet.internal:443:{HELLO}",
+    )
+    assert named == "hello from the fleet (version 1.0)"
+    assert curl(fleet, f"http://{LEDGER}/") == "ledger (eu only) (version 1.0)"
+    echo = client(fleet, "sh", "-c", f"echo ping | timeout 3 busybox nc {ECHO} 7000")
+    assert echo.stdout.strip() == "ping"
+
+
+def test_app_with_machines_only_in_another_region_is_reached_over_the_mesh(fleet: Fleet) -> None:
+    # The client prefers ams (the lab's first region); infer runs only in sea.
+    wait_for(lambda: curl(fleet, f"http://{INFER}/") == "inference on a GPU (version 1.0)")
+    ams_edge = fleet.lab.exec(
+        "ams-1", "curl", "-s", "-m", "5", f"http://{INFER}/", check=False
+    ).stdout.strip()
+    assert ams_edge == "inference on a GPU (version 1.0)"
+
+
+def _wrk(fleet: Fleet, seconds: int) -> subprocess.Popen[str]:
+    return subprocess.Popen(
+        [
+            "ip",
+            "netns",
+            "exec",
+            f"{fleet.lab.prefix}-client",
+            "wrk",
+            "-t1",
+            "-c4",
+            f"-d{seconds}s",
+            "--timeout",
+            "10s",
+            f"http://{HELLO}/",
+        ],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+    )
+
+
+def _wrk_result(proc: subprocess.Popen[str]) -> tuple[int, int, str]:
+    out, _ = proc.communicate(timeout=600)
+    requests = int(re.search(r"(\d+) requests in", out).group(1))  # type: ignore[union-attr]
+    bad = 0
+    for pattern in (r"Non-2xx or 3xx responses: (\d+)",):
+        found = re.search(pattern, out)
+        bad += int(found.group(1)) if found else 0
+    errors = re.search(r"Socket errors: connect (\d+), read (\d+), write (\d+), timeout (\d+)", out)
+    if errors:
+        bad += sum(int(x) for x in errors.groups())
+    return requests, bad, out
+
+
+def test_rolling_deploy_under_load_has_no_failed_request(fleet: Fleet) -> None:
+    fleet.edit("apps/hello.yaml", "examples/hello:1.0", "examples/hello:2.0")
+    load = _wrk(fleet, 90)
+    try:
+        time.sleep(3)
+        result = fleet.apply()
+        assert "Apply complete." in result.stdout, result.stdout[-3000:]
+    finally:
+        requests, bad, out = _wrk_result(load)
+    assert requests > 100 and bad == 0, out
+    wait_for(lambda: curl(fleet, f"http://{HELLO}/") == "hello from the fleet (version 2.0)")
+
+
+def test_one_route_change_touches_only_that_route(fleet: Fleet) -> None:
+    before = {
+        (h["host"], r["id"]): r["etag"]
+        for h in fleet.observe()["hosts"]
+        for r in h["resources"]
+        if r["kind"] == "route"
+    }
+    fleet.edit("apps/ledger.yaml", "ams: 2", "ams: 1")
+    result = fleet.apply()
+    assert "Apply complete." in result.stdout, result.stdout[-3000:]
+    after = {
+        (h["host"], r["id"]): r["etag"]
+        for h in fleet.observe()["hosts"]
+        for r in h["resources"]
+        if r["kind"] == "route"
+    }
+    changed = {key for key in after if after[key] != before.get(key)}
+    assert changed == {(h, "ledger") for h in ("ams-1", "ams-2", "sea-1", "sea-2")}
+    table = json.loads(
+        fleet.lab.exec("sea-1", "cat", "/var/lib/fleet-agent/proxy/table.json").stdout
+    )
+    ledger = next(a for a in table["routes"] if a["app"] == "ledger")
+    assert list(ledger["routes"]["be_ledger_0"]["servers"]) == ["waker", "ams.1"]
+    assert curl(fleet, f"http://{LEDGER}/") == "ledger (eu only) (version 1.0)"
+
+
+def test_a_malformed_route_keeps_the_last_good_table_and_alarms(fleet: Fleet) -> None:
+    data = "/var/lib/fleet-agent"
+    request = {
+        "protocol_version": 1,
+        "host": "ams-1",
+        "actions": [
+            {
+                "id": "bad",
+                "kind": "route",
+                "resource_id": "broken",
+                "verb": "create",
+                "spec": {"app": "broken", "routes": {"be_broken_0": {"service": 0}}},
+                "etag": "sha256:0",
+                "expect": None,
+            }
+        ],
+    }
+    agent = f"{data}/current/bin/fleet-agent"
+    out = fleet.lab.exec(
+        "ams-1", "sh", "-c", f"echo '{json.dumps(request)}' | {agent} apply", check=False
+    ).stdout
+    assert '"outcome": "failed"' in out and "malformed route spec" in out, out
+    assert curl(fleet, f"http://{HELLO}/").startswith("hello from the fleet")
+    routes = [
+        r
+        for h in fleet.observe()["hosts"]
+        if h["host"] == "ams-1"
+        for r in h["resources"]
+        if r["kind"] == "route"
+    ]
+    assert all("malformed" in r["status"]["runtime"].get("alarm", "") for r in routes), routes
+    # the next good update clears the alarm (re-apply one route as it is)
+    Path(fleet.dir / "apps" / "hello.yaml").write_text(
+        Path(fleet.dir / "apps" / "hello.yaml")
+        .read_text()
+        .replace("soft_limit: 20", "soft_limit: 21")
+    )
+    assert "Apply complete." in fleet.apply().stdout
+    routes = [
+        r
+        for h in fleet.observe()["hosts"]
+        if h["host"] == "ams-1"
+        for r in h["resources"]
+        if r["kind"] == "route"
+    ]
+    assert all("alarm" not in r["status"]["runtime"] for r in routes), routes
