@@ -15,7 +15,18 @@ import threading
 from pathlib import Path
 
 import hostagent
-from hostagent import announcer, bird, edge, images, listener, machines, mesh, supervisor, wire
+from hostagent import (
+    announcer,
+    bird,
+    edge,
+    images,
+    listener,
+    machines,
+    mesh,
+    supervisor,
+    wake,
+    wire,
+)
 from hostagent import config as config_mod
 from hostagent import handlers as H
 from hostagent.agent import Agent, Facts
@@ -151,8 +162,12 @@ def serve(
     wg, daemon, ann = network_handlers(cfg, inventory, edge_health(agent))
     tickers: list[supervisor.Ticker] = [wg.tick, daemon.tick, ann.tick]
     routes = agent.handlers.get(edge.KIND)
+    waking: wake.WakeService | None = None
     if isinstance(routes, edge.RouteHandler):
         tickers.append(edge.Ticker(routes))
+        waking = wake.WakeService(routes.edge, inventory, machine_kind)
+        waking.start()
+        tickers.append(waking.tick)
     sup = supervisor.Supervisor(inventory, machine_kind, tickers=tickers)
     stop = threading.Event()
     for sig in (signal.SIGTERM, signal.SIGINT):
@@ -164,4 +179,6 @@ def serve(
     finally:
         if observer is not None:
             observer.close()
+        if waking is not None:
+            waking.close()
     return 0

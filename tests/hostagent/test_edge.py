@@ -3,12 +3,18 @@
 from __future__ import annotations
 
 import json
+import socket
+import threading
+import time
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import pytest
 
 from fleet.errors import ProviderError
-from hostagent import edge
+from hostagent import edge, wake
+from hostagent import handlers as H
+from hostagent.inventory import Entry, Inventory
 from providers.proxy import runtime, spec
 from providers.proxy import table as t
 from tests.proxy.test_table import m, world
@@ -108,3 +114,86 @@ def test_saved_tables_round_trip_with_their_wakers(tmp_path: Path) -> None:
     table = spec.assemble("sea-1", "sea", routes, stopped_apps=frozenset({"hello"}))
     back = spec.table_from_json(json.loads(json.dumps(spec.table_to_json(table))))
     assert back == table
+
+
+class _Machines:
+    """A machine kind whose one machine 'boots' into a TCP server on loopback when started."""
+
+    kind = "machine"
+
+    def __init__(self, port: int) -> None:
+        self.port = port
+        self.started: list[str] = []
+        self.server: socket.socket | None = None
+
+    def observe(self, rid: str, spec: object) -> H.Observed:
+        return H.Observed(state="running" if self.started else "stopped")
+
+    def start(self, rid: str, spec: object, emit: object) -> None:
+        self.started.append(rid)
+        time.sleep(0.3)  # booting
+        srv = socket.socket()
+        srv.bind(("127.0.0.1", self.port))
+        srv.listen(128)
+        self.server = srv
+
+        def serve() -> None:
+            while True:
+                try:
+                    conn, _ = srv.accept()
+                except OSError:
+                    return
+                conn.sendall(b"woken\n")
+                conn.close()
+
+        threading.Thread(target=serve, daemon=True).start()
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+def test_the_wake_service_starts_one_stopped_machine_for_many_connections(tmp_path: Path) -> None:
+    machine_port, waker_port = _free_port(), _free_port()
+    routes = spec.app_routes(
+        world(auto_start=True), "echo", "sea-1", [m("echo", "sea", 1, "sea-1")]
+    )
+    table = spec.assemble(
+        "sea-1",
+        "sea",
+        routes,
+        stopped_apps=frozenset({"echo"}),
+        settings=t.Settings(waker_port=waker_port),
+    )
+    paths = edge.EdgePaths.of(tmp_path)
+    paths.root.mkdir(parents=True)
+    paths.table.write_text(json.dumps(spec.table_to_json(table)))
+    inventory = Inventory(tmp_path / "inventory")
+    machine_spec = {
+        "app": "echo",
+        "address": "127.0.0.1",
+        "services": [{"internal_port": machine_port, "protocol": "tcp"}],
+    }
+    with inventory.transaction() as state:
+        state.put(Entry("machine", "echo/sea#1@x", "sha256:1", machine_spec))
+    machines = _Machines(machine_port)
+    service = wake.WakeService(edge.Edge(paths, "sea-1"), inventory, machines)  # type: ignore[arg-type]
+    service.start()
+    try:
+        assert service.tick(0.0) == ["waker listening for 1 route(s)"]
+        assert service.tick(1.0) == []  # nothing changed: nothing done
+
+        def ask() -> bytes:
+            with socket.create_connection(("127.0.0.1", waker_port), timeout=10) as c:
+                return c.recv(100)
+
+        with ThreadPoolExecutor(20) as pool:
+            answers = list(pool.map(lambda _: ask(), range(50)))
+        assert answers == [b"woken\n"] * 50
+        assert machines.started == ["echo/sea#1@x"]
+    finally:
+        service.close()
+        if machines.server is not None:
+            machines.server.close()

@@ -14,6 +14,7 @@ import json
 import os
 import re
 import shutil
+import signal
 import subprocess
 import time
 from collections.abc import Iterator
@@ -149,17 +150,58 @@ def _wrk_result(proc: subprocess.Popen[str]) -> tuple[int, int, str]:
     return requests, bad, out
 
 
-def test_rolling_deploy_under_load_has_no_failed_request(fleet: Fleet) -> None:
-    fleet.edit("apps/hello.yaml", "examples/hello:1.0", "examples/hello:2.0")
-    load = _wrk(fleet, 90)
+def _apply_under_load(fleet: Fleet) -> None:
+    """``reconcile apply`` while wrk loads hello from the client: not one request fails."""
+    load = _wrk(fleet, 600)  # stopped (SIGINT: wrk prints its results) once apply is done
     try:
         time.sleep(3)
         result = fleet.apply()
         assert "Apply complete." in result.stdout, result.stdout[-3000:]
+        time.sleep(2)
     finally:
+        load.send_signal(signal.SIGINT)
         requests, bad, out = _wrk_result(load)
     assert requests > 100 and bad == 0, out
+
+
+def test_rolling_deploy_under_load_has_no_failed_request(fleet: Fleet) -> None:
+    fleet.edit("apps/hello.yaml", "examples/hello:1.0", "examples/hello:2.0")
+    _apply_under_load(fleet)
     wait_for(lambda: curl(fleet, f"http://{HELLO}/") == "hello from the fleet (version 2.0)")
+
+
+def test_host_drain_under_load_has_no_failed_request(fleet: Fleet) -> None:
+    fleet.edit(
+        "regions/ams.yaml",
+        "    address: 192.0.2.12\n",
+        "    address: 192.0.2.12\n  cordoned: true\n",
+    )
+    _apply_under_load(fleet)
+    hosts = {r["spec"]["app"]: h for h, r in fleet.machines() if r["spec"]["region"] == "ams"}
+    assert hosts["hello"] == "ams-1"
+
+
+def test_hundred_requests_to_a_stopped_machine_start_it_exactly_once(fleet: Fleet) -> None:
+    host, victim = next(
+        (h, r) for h, r in fleet.machines() if r["spec"]["app"] == "hello" and h.startswith("ams")
+    )
+    agent = "/var/lib/fleet-agent/current/bin/fleet-agent"
+    name = victim["status"]["runtime"]["machine"]
+    fleet.lab.exec(host, agent, "machine", "stop", name)
+    log = "/var/lib/fleet-agent/serve.log"
+    before = fleet.lab.exec(host, "grep", "-c", "waker: starting", log, check=False).stdout.strip()
+    # HAProxy's check marks the machine down and the ticker enables the waker
+    time.sleep(4)
+    script = (
+        f"for i in $(seq 100); do curl -s -m 60 -o /dev/null -w '%{{http_code}} ' "
+        f"http://{HELLO}/ & done; wait"
+    )
+    out = fleet.lab.exec(host, "sh", "-c", script, check=False).stdout.split()
+    assert out == ["200"] * 100, out
+    after = fleet.lab.exec(host, "grep", "-c", "waker: starting", log, check=False).stdout.strip()
+    assert int(after or 0) - int(before or 0) == 1
+    states = {r["id"]: r["status"]["state"] for _, r in fleet.machines()}
+    assert states[victim["id"]] == "running"
 
 
 def test_one_route_change_touches_only_that_route(fleet: Fleet) -> None:
