@@ -293,7 +293,7 @@ class RouteHandler:
         runtime: dict[str, Json] = {}
         if alarm:
             runtime["alarm"] = alarm
-        state = "serving" if serving else "down"
+        state = "running" if serving else "stopped"  # the protocol's run states
         health = "passing" if serving and not alarm else "critical"
         return H.Observed(state=state, health=health, runtime=runtime)
 

@@ -17,6 +17,7 @@ from hostagent import handlers as H
 from hostagent.inventory import Entry, Inventory
 from providers.proxy import runtime, spec
 from providers.proxy import table as t
+from reconciler.core import observed
 from tests.proxy.test_table import m, world
 
 
@@ -54,6 +55,7 @@ def test_a_malformed_spec_is_refused_and_raised_as_an_alarm(tmp_path: Path) -> N
     assert e.specs() == {}  # nothing refused is kept as served
     seen = handler.observe("hello", HELLO)
     assert seen.health == "critical" and "malformed" in seen.runtime["alarm"]
+    assert seen.state == observed.RunState.STOPPED  # a state the protocol knows
 
 
 def test_leaving_servers_drain_in_place_before_they_go() -> None:
