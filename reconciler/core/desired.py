@@ -214,15 +214,17 @@ class RouteSpecs:
     ) -> None:
         self.world = world
         self._views: dict[str, list[proxy_table.MachineView]] = {}
+        healthy = proxy_table.MachineState.HEALTHY
         for host, apps in on_host.items():
+            prefix = world.host_prefixes[host]
             for app, keys in apps.items():
                 views = self._views.setdefault(app, [])
                 for key in keys:
                     region, _, index = key.rpartition("#")
                     slot = model.MachineSlot(app, region, int(index))
-                    views.append(
-                        proxy_table.MachineView(slot, host, proxy_table.MachineState.HEALTHY)
-                    )
+                    # the address once per machine (fast text), not once per region's table
+                    addr = v6_text(int(fleet_compile.machine_address(prefix, f"{app}/{key}")))
+                    views.append(proxy_table.MachineView(slot, host, healthy, addr))
         self._cache: dict[tuple[str, str], tuple[dict[str, Json], str]] = {}
 
     def spec(self, app: str, host: str) -> tuple[dict[str, Json], str]:
