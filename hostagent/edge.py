@@ -169,12 +169,17 @@ class Edge:
         what the previous one made live, so none undoes another's route.
         """
         with self.locked() as edge:
-            specs = self.specs()
+            before = self.specs()
+            specs = dict(before)
             for rid, value in override.items():
                 if value is None:
                     specs.pop(rid, None)
                 else:
                     specs[rid] = dict(value)
+            if specs == before and edge.live is not None and not override:
+                pass  # a refresh (wakers, a dead HAProxy): go on, the table may differ
+            elif specs == before and (edge.live is not None or not specs):
+                return  # nothing changes (e.g. removing a route that never went live)
             try:
                 table = self.table(specs, stopped)
                 if table.routes:

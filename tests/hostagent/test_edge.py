@@ -53,6 +53,8 @@ def test_a_malformed_spec_is_refused_and_raised_as_an_alarm(tmp_path: Path) -> N
         handler.create("echo", broken, lambda *_: None)
     assert "malformed route spec" in (e.alarm() or "")
     assert e.specs() == {}  # nothing refused is kept as served
+    handler.delete("echo", broken, lambda *_: None)  # the agent cleans up a failed create
+    assert "malformed route spec" in (e.alarm() or "")  # ... which changes nothing: alarm stays
     seen = handler.observe("hello", HELLO)
     assert seen.health == "critical" and "malformed" in seen.runtime["alarm"]
     assert seen.state == observed.RunState.STOPPED  # a state the protocol knows
