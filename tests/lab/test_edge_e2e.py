@@ -104,9 +104,14 @@ def test_client_reaches_apps_through_anycast_and_tls(fleet: Fleet) -> None:
         f"hello.fleet.internal:443:{HELLO}",
     )
     assert named == "hello from the fleet (version 1.0)"
-    assert curl(fleet, f"http://{LEDGER}/") == "ledger (eu only) (version 1.0)"
-    echo = client(fleet, "sh", "-c", f"echo ping | timeout 3 busybox nc {ECHO} 7000")
-    assert echo.stdout.strip() == "ping"
+    # each app's announcement has its own health gate: each may come up a little later
+    wait_for(lambda: curl(fleet, f"http://{LEDGER}/") == "ledger (eu only) (version 1.0)")
+
+    def echo() -> str:
+        out = client(fleet, "sh", "-c", f"echo ping | timeout 3 busybox nc {ECHO} 7000")
+        return out.stdout.strip()
+
+    wait_for(lambda: echo() == "ping")
 
 
 def test_app_with_machines_only_in_another_region_is_reached_over_the_mesh(fleet: Fleet) -> None:
