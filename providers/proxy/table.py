@@ -146,6 +146,8 @@ class Route:
     def shape(self) -> Route:
         """The route without its servers' runtime-changeable fields: what a reload changes."""
         kept = tuple(Server(s.name, s.role, "", 0) for s in self.servers if s.role is Role.WAKER)
+        # hard_limit lives in each server's maxconn (`set maxconn server`) and
+        # kill_timeout in the agent: neither is in HAProxy's configuration
         return Route(
             self.app,
             self.service,
@@ -154,8 +156,6 @@ class Route:
             kept,
             self.hostnames,
             self.soft_limit,
-            self.hard_limit,
-            self.kill_timeout_s,
         )
 
 

@@ -138,3 +138,11 @@ def test_every_op_inverts() -> None:
     for op in diff.plan(BASE, new).ops:
         assert op.inverse().inverse() == op
         assert op.inverse().before == op.after
+
+
+def test_a_hard_limit_change_is_runtime_maxconn_not_a_reload() -> None:
+    old = tab(dataclasses.replace(rt("a", srv("sea.1", maxconn=25)), hard_limit=25))
+    new = tab(dataclasses.replace(rt("a", srv("sea.1", maxconn=26)), hard_limit=26))
+    p = diff.plan(old, new)
+    assert p.reload is None
+    assert commands(p) == ["set maxconn server be_a_0/sea.1 26"]
