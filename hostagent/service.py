@@ -15,7 +15,18 @@ import threading
 from pathlib import Path
 
 import hostagent
-from hostagent import announcer, bird, images, listener, machines, mesh, supervisor, wire
+from hostagent import (
+    announcer,
+    bird,
+    edge,
+    images,
+    listener,
+    machines,
+    mesh,
+    supervisor,
+    wake,
+    wire,
+)
 from hostagent import config as config_mod
 from hostagent import handlers as H
 from hostagent.agent import Agent, Facts
@@ -47,7 +58,6 @@ def network_handlers(
 def build_agent(data_dir: Path) -> Agent:
     cfg = config_mod.load(data_dir)
     inventory = Inventory(cfg.inventory_dir)
-    wg, daemon, ann = network_handlers(cfg, inventory, LocalMachines(inventory))
     defaults = store.StoreOptions()
     options = store.StoreOptions(
         registry_insecure=(*defaults.registry_insecure, *cfg.insecure_registries)
@@ -57,6 +67,9 @@ def build_agent(data_dir: Path) -> Agent:
     handler = machines.MachineHandler(
         manager, VMMKind(cfg.hypervisor), simulate_gpus=cfg.simulate_gpus
     )
+    routes = route_handler(cfg, inventory, handler)
+    # The announcement gate asks the edge proxy (HAProxy's health checks).
+    wg, daemon, ann = network_handlers(cfg, inventory, edge.HAProxyHealth(routes.edge))
     facts = Facts(
         host=cfg.host,
         cpus=os.cpu_count() or 1,
@@ -69,6 +82,7 @@ def build_agent(data_dir: Path) -> Agent:
     kinds: dict[str, H.Handler] = {
         "machine": handler,
         "image": images.ImageHandler(image_store, data_dir),
+        edge.KIND: routes,
         wg.kind: wg,
         daemon.kind: daemon,
         ann.kind: ann,
@@ -78,6 +92,29 @@ def build_agent(data_dir: Path) -> Agent:
     return Agent(
         inventory, kinds, facts, live_facts=lambda: {"wireguard_public_key": wg.public_key()}
     )
+
+
+def route_handler(
+    cfg: config_mod.Config, inventory: Inventory, machine_kind: H.Handler
+) -> edge.RouteHandler:
+    """The ``route`` kind: the host's HAProxy, its state under the agent's data directory."""
+
+    def stopped_apps() -> frozenset[str]:
+        out = set()
+        for (kind, rid), entry in inventory.read().entries.items():
+            if kind == "machine" and machine_kind.observe(rid, entry.spec).state == "stopped":
+                out.add(str(entry.spec.get("app", "")))
+        return frozenset(out)
+
+    return edge.RouteHandler(edge.Edge(edge.EdgePaths.of(cfg.data_dir), cfg.host), stopped_apps)
+
+
+def edge_health(agent: Agent) -> EdgeHealth:
+    """What the announcement gate asks: HAProxy's view, or local machines without routes."""
+    routes = agent.handlers.get(edge.KIND)
+    if isinstance(routes, edge.RouteHandler):
+        return edge.HAProxyHealth(routes.edge)
+    return LocalMachines(agent.inventory)
 
 
 def request(data_dir: Path, verb: str) -> int:
@@ -125,8 +162,16 @@ def serve(
     machine_kind = agent.handlers["machine"]
     inventory = Inventory(cfg.inventory_dir)
     # The supervisor's own network handlers (their tickers keep state between passes).
-    wg, daemon, ann = network_handlers(cfg, inventory, LocalMachines(inventory))
-    sup = supervisor.Supervisor(inventory, machine_kind, tickers=[wg.tick, daemon.tick, ann.tick])
+    wg, daemon, ann = network_handlers(cfg, inventory, edge_health(agent))
+    tickers: list[supervisor.Ticker] = [wg.tick, daemon.tick, ann.tick]
+    routes = agent.handlers.get(edge.KIND)
+    waking: wake.WakeService | None = None
+    if isinstance(routes, edge.RouteHandler):
+        tickers.append(edge.Ticker(routes))
+        waking = wake.WakeService(routes.edge, inventory, machine_kind)
+        waking.start()
+        tickers.append(waking.tick)
+    sup = supervisor.Supervisor(inventory, machine_kind, tickers=tickers)
     stop = threading.Event()
     for sig in (signal.SIGTERM, signal.SIGINT):
         signal.signal(sig, lambda *_: stop.set())
@@ -137,4 +182,6 @@ def serve(
     finally:
         if observer is not None:
             observer.close()
+        if waking is not None:
+            waking.close()
     return 0

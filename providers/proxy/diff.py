@@ -21,6 +21,9 @@ from dataclasses import dataclass, replace
 from providers.proxy import table as t
 
 REPLAY_MAP = "replay.map"
+# Every machine server is health-checked (TCP connect): a remote machine the mesh
+# cannot reach, or a machine that died, leaves rotation within ~2 s.
+CHECK = "check inter 1s fall 2 rise 1"
 
 
 @dataclass(frozen=True, slots=True)
@@ -54,8 +57,12 @@ class ServerOp:
             words.append(f"weight {new.weight}")
             if new.role is t.Role.WAKER:
                 words.append("pool-max-conn 0")
+            else:
+                words.append(CHECK)
             add = " ".join(words)
-            return (add, f"enable server {ref}") if new.enabled else (add,)
+            # a dynamic server's health check starts disabled (HAProxy 2.6)
+            health = () if new.role is t.Role.WAKER else (f"enable health {ref}",)
+            return (add, *health, f"enable server {ref}") if new.enabled else (add, *health)
         out: list[str] = []
         if (old.address, old.port) != (new.address, new.port):
             out.append(f"set server {ref} addr {new.address} port {new.port}")

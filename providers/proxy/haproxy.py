@@ -124,7 +124,9 @@ def _environment() -> jinja2.Environment:
         undefined=jinja2.StrictUndefined,
         keep_trailing_newline=True,
     )
-    env.globals.update(bind=bind, endpoint=diff.endpoint, force_https_ports=force_https_ports)
+    env.globals.update(
+        bind=bind, endpoint=diff.endpoint, force_https_ports=force_https_ports, check=diff.CHECK
+    )
     return env
 
 

@@ -65,6 +65,25 @@ class EdgeProxy:
         self._certs = self._certs_fingerprint()
         self.alarm = None
 
+    def resume(self, live: t.RoutingTable) -> bool:
+        """Take over a running HAProxy that another process brought to ``live``.
+
+        ``live`` is the table as HAProxy holds it (:attr:`live` of the process
+        that last changed it). False when no such HAProxy runs.
+        """
+        if not self.process.adopt():
+            return False
+        self._files = haproxy.render(live, self.options)
+        self._live = self.last_good = live
+        self._certs = self._certs_fingerprint()
+        self.alarm = None
+        return True
+
+    @property
+    def live(self) -> t.RoutingTable | None:
+        """The table as HAProxy holds it (servers in HAProxy's order): what to resume from."""
+        return self._live
+
     def stop(self) -> None:
         self.session.close()
         self.process.stop()

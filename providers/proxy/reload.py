@@ -7,10 +7,16 @@ so no connection is refused; the old worker finishes its requests
 (``option idle-close-on-response`` closes idle keep-alive connections after
 their response instead of dropping them) and is killed at ``hard-stop-after``.
 We wait until the master reports a new worker before saying the reload is done.
+
+The master outlives the program that started it (its own session; the host
+agent's ``apply`` is a short-lived process): its PID is kept in
+``haproxy.pid`` in the state directory, and a later process :meth:`adopts
+<HAProxyProcess.adopt>` it to reload or stop it.
 """
 
 from __future__ import annotations
 
+import contextlib
 import os
 import signal
 import socket
@@ -66,11 +72,32 @@ class HAProxyProcess:
     def __init__(self, options: haproxy.Options) -> None:
         self.options = options
         self._proc: subprocess.Popen[bytes] | None = None
+        self._pid: int | None = None  # an adopted master (started by another process)
         self.log_path = options.state_dir / "haproxy.log"
+        self.pid_path = options.state_dir / "haproxy.pid"
 
     @property
     def pid(self) -> int | None:
-        return self._proc.pid if self._proc is not None else None
+        if self._proc is not None:
+            return self._proc.pid
+        return self._pid
+
+    def running(self) -> bool:
+        """Whether the master this object started or adopted is alive."""
+        if self._proc is not None:
+            return self._proc.poll() is None
+        return self._pid is not None and _is_master(self._pid, self.options.config_path)
+
+    def adopt(self) -> bool:
+        """Take over the master recorded in the PID file, if it still runs our config."""
+        try:
+            pid = int(self.pid_path.read_text().strip())
+        except (OSError, ValueError):
+            return False
+        if not _is_master(pid, self.options.config_path):
+            return False
+        self._proc, self._pid = None, pid
+        return True
 
     def start(self, ready_timeout_s: float = 10.0) -> None:
         o = self.options
@@ -84,6 +111,8 @@ class HAProxyProcess:
                 stderr=logf,
                 start_new_session=True,
             )
+        self._pid = None
+        self.pid_path.write_text(f"{self._proc.pid}\n")
         deadline = time.monotonic() + ready_timeout_s
         while time.monotonic() < deadline:
             if self._proc.poll() is not None:
@@ -103,10 +132,11 @@ class HAProxyProcess:
 
     def reload(self, timeout_s: float = 10.0) -> None:
         """Seamless reload of the configuration on disk (validated by the caller)."""
-        if self._proc is None or self._proc.poll() is not None:
+        pid = self.pid
+        if pid is None or not self.running():
             raise ProviderError("proxy: HAProxy is not running; cannot reload")
         before = {p.pid for p in self._workers()}
-        os.kill(self._proc.pid, signal.SIGUSR2)
+        os.kill(pid, signal.SIGUSR2)
         deadline = time.monotonic() + timeout_s
         while time.monotonic() < deadline:
             current = self._workers()
@@ -116,8 +146,14 @@ class HAProxyProcess:
         raise ProviderError(f"proxy: reload did not bring up a new worker: {self._log_tail()}")
 
     def stop(self, timeout_s: float = 5.0) -> None:
+        if self._proc is None and self._pid is not None:
+            _end(self._pid, self.options.config_path, timeout_s)
+            self._pid = None
+            self.pid_path.unlink(missing_ok=True)
+            return
         if self._proc is None:
             return
+        self.pid_path.unlink(missing_ok=True)
         if self._proc.poll() is None:
             self._proc.terminate()
             try:
@@ -134,3 +170,28 @@ class HAProxyProcess:
             return "no log"
         alerts = [ln for ln in lines if "ALERT" in ln]
         return (alerts or lines or ["no log"])[-1]
+
+
+def _is_master(pid: int, config: Path) -> bool:
+    """Whether ``pid`` is a live (not zombie) HAProxy master running ``config``."""
+    proc = Path(f"/proc/{pid}")
+    try:
+        argv = (proc / "cmdline").read_bytes().split(b"\0")
+        state = (proc / "stat").read_text().rsplit(")", 1)[1].split()[0]
+    except (OSError, IndexError):
+        return False
+    return state != "Z" and b"-W" in argv and str(config).encode() in argv
+
+
+def _end(pid: int, config: Path, timeout_s: float) -> None:
+    """Stop an adopted master (not our child: poll /proc instead of waiting)."""
+    try:
+        os.kill(pid, signal.SIGTERM)
+    except ProcessLookupError:
+        return
+    deadline = time.monotonic() + timeout_s
+    while _is_master(pid, config) and time.monotonic() < deadline:
+        time.sleep(0.05)
+    if _is_master(pid, config):
+        with contextlib.suppress(ProcessLookupError):
+            os.kill(pid, signal.SIGKILL)

@@ -8,7 +8,8 @@ routing *policy* lives:
 - one :class:`Route` per app service (and mode): its listeners (anycast
   address, port, handlers) and its servers;
 - servers of machines in this host's region are active; machines of other
-  regions are ``backup`` servers, nearest region first (Region ``latency_ms``);
+  regions are ``backup`` servers, nearest region first (Region ``latency_ms``),
+  at most ``Settings.max_backups`` of them;
 - a machine enters only once healthy; a draining machine stays with weight 0
   (no new requests, in-flight ones finish) until the agent stops it after
   ``kill_timeout``;
@@ -145,6 +146,8 @@ class Route:
     def shape(self) -> Route:
         """The route without its servers' runtime-changeable fields: what a reload changes."""
         kept = tuple(Server(s.name, s.role, "", 0) for s in self.servers if s.role is Role.WAKER)
+        # hard_limit lives in each server's maxconn (`set maxconn server`) and
+        # kill_timeout in the agent: neither is in HAProxy's configuration
         return Route(
             self.app,
             self.service,
@@ -153,8 +156,6 @@ class Route:
             kept,
             self.hostnames,
             self.soft_limit,
-            self.hard_limit,
-            self.kill_timeout_s,
         )
 
 
@@ -177,6 +178,10 @@ class Settings:
     domain: str = "fleet.internal"
     waker_address: str = "127.0.0.1"
     waker_port: int = 20000
+    # HAProxy sends to the first usable backup only; a few spares cover health-check
+    # failover, and every host carrying every remote machine of every app would make
+    # the table (and each host's inventory) grow with the whole fleet.
+    max_backups: int = 3
 
 
 def server_name(slot: model.MachineSlot) -> str:
@@ -223,6 +228,7 @@ def build(
                 servers = _servers(
                     world, service, machines=seen, host=host, region=region, latency=latency
                 )
+                servers = _cap_backups(servers, settings.max_backups)
                 if service.auto_start_machines:
                     stopped = any(m.host == host and m.state is MachineState.STOPPED for m in seen)
                     waker = Server(
@@ -295,6 +301,12 @@ def _servers(
     local.sort(key=lambda s: s.name)
     remote.sort(key=lambda r: r[:3])
     return (*local, *(r[3] for r in remote))
+
+
+def _cap_backups(servers: tuple[Server, ...], limit: int) -> tuple[Server, ...]:
+    """Keep the nearest ``limit`` remote servers (they come sorted, nearest first)."""
+    remote = [s for s in servers if s.role is Role.REMOTE][:limit]
+    return (*(s for s in servers if s.role is not Role.REMOTE), *remote)
 
 
 def _insert_waker(servers: tuple[Server, ...], waker: Server) -> tuple[Server, ...]:

@@ -18,6 +18,8 @@ from typing import Any
 from fleet import compile as fleet_compile
 from fleet import export, model
 from providers import resources
+from providers.proxy import spec as proxy_spec
+from providers.proxy import table as proxy_table
 from reconciler.core import address, observed
 
 Json = Any
@@ -176,30 +178,8 @@ class AppParts:
         self.app = app
         self.base = app_machine_base(app)
         self.base_parts = {k: observed.canonical(v) for k, v in self.base.items()}
-        self.route_base: dict[str, Json] = {
-            "app": app.name,
-            "addresses": [str(a) for a in addrs.all()],
-            "services": [
-                {
-                    "internal_port": s.internal_port,
-                    "protocol": s.protocol.value,
-                    "ports": [
-                        {
-                            "port": p.port,
-                            "handlers": [h.value for h in p.handlers],
-                            "force_https": p.force_https,
-                        }
-                        for p in s.ports
-                    ],
-                }
-                for s in app.services
-                if s.ports
-            ],
-        }
-        self.route_parts = {k: observed.canonical(v) for k, v in self.route_base.items()}
         self.machine_tpl = _Template(self.base_parts, ("slot", "region", "address"))
         assert self.machine_tpl.order == ("address", "region", "slot")
-        self.route_tpl = _Template(self.route_parts, ("backends",))
         self.announcement_spec = {
             "app": app.name,
             "prefixes": [f"{a}/{a.max_prefixlen}" for a in addrs.all()],
@@ -244,23 +224,6 @@ class AppParts:
         spec["address"] = addr
         return spec
 
-    def route(self, host: str, slots: list[str]) -> Desired:
-        backends = sorted(slots)
-        spec = dict(self.route_base)
-        spec["backends"] = backends
-        # canonical(backends) for a list of strings, from the cached text of each
-        backends_text = "[" + ",".join([_key(b) for b in backends]) + "]"
-        tag = self.route_tpl.etag({"backends": backends_text})
-        return Desired(
-            address.host_resource(host, resources.Kind.ROUTE, self.app.name),
-            resources.Kind.ROUTE,
-            host,
-            self.app.name,
-            spec,
-            tag,
-            self.app.name,
-        )
-
     def announcement(self, host: str) -> Desired:
         return Desired(
             address.host_resource(host, resources.Kind.ANNOUNCEMENT, self.app.name),
@@ -270,6 +233,63 @@ class AppParts:
             self.announcement_spec,
             self.announcement_etag,
             self.app.name,
+        )
+
+
+class RouteSpecs:
+    """Every host's ``route[<app>]``: the app's routes for the host's region, from placement.
+
+    Every host is an edge for every public app (as on Fly): local-region
+    machines are active servers, other regions' are backups reached over the
+    mesh. The spec depends only on the app and the host's *region*, so it and
+    its etag are computed once per (app, region) and shared by that region's
+    hosts: a no-op plan pays one table build per app and region, not per host.
+    Machines enter as servers from the desired placement; the plan orders a
+    route's update after the health gates of the machines it adds
+    (:mod:`reconciler.core.rollout`).
+    """
+
+    def __init__(
+        self,
+        world: model.DesiredWorld,
+        on_host: Mapping[str, Mapping[str, list[str]]],
+    ) -> None:
+        self.world = world
+        self._views: dict[str, list[proxy_table.MachineView]] = {}
+        healthy = proxy_table.MachineState.HEALTHY
+        for host, apps in on_host.items():
+            prefix = world.host_prefixes[host]
+            for app, keys in apps.items():
+                views = self._views.setdefault(app, [])
+                for key in keys:
+                    region, _, index = key.rpartition("#")
+                    slot = model.MachineSlot(app, region, int(index))
+                    # the address once per machine (fast text), not once per region's table
+                    addr = v6_text(int(fleet_compile.machine_address(prefix, f"{app}/{key}")))
+                    views.append(proxy_table.MachineView(slot, host, healthy, addr))
+        self._cache: dict[tuple[str, str], tuple[dict[str, Json], str]] = {}
+
+    def spec(self, app: str, host: str) -> tuple[dict[str, Json], str]:
+        """The route spec of ``app`` on ``host`` and its etag."""
+        region = self.world.fleet.hosts[host].region
+        key = (app, region)
+        hit = self._cache.get(key)
+        if hit is None:
+            routes = proxy_spec.app_routes(self.world, app, host, self._views.get(app, ()))
+            spec = proxy_spec.to_json(app, region, routes)
+            hit = self._cache[key] = (spec, observed.etag(spec))
+        return hit
+
+    def route(self, host: str, app: str) -> Desired:
+        spec, tag = self.spec(app, host)
+        return Desired(
+            address.host_resource(host, resources.Kind.ROUTE, app),
+            resources.Kind.ROUTE,
+            host,
+            app,
+            spec,
+            tag,
+            app,
         )
 
 

@@ -222,18 +222,17 @@ def _host_resources(
 ) -> None:
     fleet = world.fleet
     mesh = _mesh(world, idx, acc)
+    routes = desired.RouteSpecs(world, on_host)
     # Every non-cordoned host is an edge for every public app with anycast
     # addresses; whether it announces right now is its health gate's call.
+    # Every host (cordoned ones too) routes them: its machines may all be elsewhere.
     announced = [parts[a] for a in sorted(fleet.apps) if parts[a].public and parts[a].announces]
     for host in sorted(idx.reachable):
         wanted: list[desired.Desired] = []
         apps = on_host.get(host, {})
         refs = sorted({fleet.apps[a].image for a in apps})
         wanted += [desired.image(host, ref) for ref in refs]
-        for app_name in sorted(apps):
-            p = parts[app_name]
-            if p.public:
-                wanted.append(p.route(host, apps[app_name]))
+        wanted += [routes.route(host, p.app.name) for p in announced]
         if not fleet.hosts[host].cordoned:
             wanted += [p.announcement(host) for p in announced]
         wanted.append(mesh.spec(host))
@@ -291,7 +290,7 @@ _NOOP_TEXT = {
 }
 _DESTROY_TEXT = {
     Kind.IMAGE: "no machine on the host uses it",
-    Kind.ROUTE: "no machine of app {app} on {host} any more",
+    Kind.ROUTE: "app {app} is no longer served at the edge",
     Kind.ANNOUNCEMENT: "{host} no longer announces app {app} (cordoned, or the app is not public)",
     Kind.WIREGUARD: "{host} has no mesh interface in the fleet",
     Kind.BGP: "{host} runs no BIRD in the fleet",

@@ -5,6 +5,14 @@ route -> BGP announcement. On the way down, the reverse: withdraw the
 announcement -> remove the route (or the backend from it) -> delete the machine
 -> remove the image nobody uses.
 
+Every host is an edge for every public app, so an app's route on *any* host
+waits for the app's new machines on every host, and a machine that leaves for
+good (scale-down, region removed) is deleted only after every host's route
+has dropped it. A machine moving between hosts is deleted within its rollout
+batch instead (routes waiting for all of the app's new machines cannot also
+come before the first batch's deletes): the edges' health checks take it out
+of service until the route update removes it.
+
 Replacements of an app's machines follow its deploy strategy (fly.toml names):
 
 * ``rolling`` (default): batches of ``max(1, floor(max_unavailable * N))``
@@ -79,7 +87,10 @@ def order(works: Sequence[Work], fleet: model.Fleet) -> tuple[list[Work], list[P
     ann_put: dict[tuple[str, str], str] = {}
     ann_delete: dict[tuple[str, str], str] = {}
     ups: dict[tuple[str, str], list[str]] = defaultdict(list)  # machine steps bringing capacity
-    downs: dict[tuple[str, str], list[str]] = defaultdict(list)  # machine deletes of leaving slots
+    app_ups: dict[str, list[str]] = defaultdict(list)  # the same, per app over all hosts
+    app_route_puts: dict[str, list[str]] = defaultdict(list)
+    app_route_steps: dict[str, list[str]] = defaultdict(list)  # puts and deletes
+    leaving: set[str] = set()  # deletes of machines whose slot is gone for good
     deletes_on: dict[str, list[str]] = defaultdict(list)
     replaces: dict[str, list[Work]] = defaultdict(list)
 
@@ -93,18 +104,22 @@ def order(works: Sequence[Work], fleet: model.Fleet) -> tuple[list[Work], list[P
                 ] = s.id
             elif s.kind is Kind.ROUTE:
                 (route_delete if s.verb is P.Verb.DELETE else route_put)[key] = s.id
+                app_route_steps[s.app or ""].append(s.id)
+                if s.verb is not P.Verb.DELETE:
+                    app_route_puts[s.app or ""].append(s.id)
             elif s.kind is Kind.ANNOUNCEMENT:
                 (ann_delete if s.verb is P.Verb.DELETE else ann_put)[key] = s.id
             elif s.kind in (Kind.WIREGUARD, Kind.BGP):
                 continue  # host-level: nothing waits for them, they wait for nothing
             elif s.verb is P.Verb.DELETE:
                 deletes_on[s.host].append(s.id)
-                if c.action is not P.Action.REPLACE or c.from_host:
-                    downs[key].append(s.id)
+                if c.action is P.Action.DESTROY:
+                    leaving.add(s.id)
             elif s.verb in (P.Verb.CREATE, P.Verb.START) and (
                 c.action is not P.Action.REPLACE or c.from_host
             ):
                 ups[key].append(s.id)  # it changes the host's set of backends
+                app_ups[s.app or ""].append(s.id)
         if c.kind is Kind.MACHINE and c.action is P.Action.REPLACE and c.app:
             replaces[c.app].append(w)
 
@@ -116,10 +131,10 @@ def order(works: Sequence[Work], fleet: model.Fleet) -> tuple[list[Work], list[P
                 d.update(_some(image_create.get((s.host, str(s.spec.get("image"))))))
             elif s.kind is Kind.MACHINE and s.verb is P.Verb.DELETE:
                 d.update(_some(ann_delete.get(key), route_delete.get(key)))
-                if s.id in downs[key]:
-                    d.update(_some(route_put.get(key)))
+                if s.id in leaving:
+                    d.update(app_route_steps[s.app or ""])
             elif s.kind is Kind.ROUTE and s.verb is not P.Verb.DELETE:
-                d.update(ups[key])
+                d.update(app_ups[s.app or ""])
             elif s.kind is Kind.ROUTE:
                 d.update(_some(ann_delete.get(key)))
             elif s.kind is Kind.ANNOUNCEMENT and s.verb is not P.Verb.DELETE:

@@ -36,7 +36,7 @@ from typing import Any
 
 from fleet.errors import LabError
 from reconciler import netns
-from reconciler.lab import images, routers, topology
+from reconciler.lab import images, routers, tlsca, topology
 from reconciler.lab import paths as lab_paths
 from reconciler.lab.topology import (
     CLIENT_NS,
@@ -325,6 +325,9 @@ def up(topo: Topology, paths: Paths) -> dict[str, Any]:
         if not _wait_port(str(REGISTRY_ADDR.ip), 5000, 10.0):
             raise LabError("the lab's image registry did not start (see registry.log)")
         pushed = images.push_all()
+        ca_cert = tlsca.install(
+            paths.root, [paths.host_dir(h.name) / "var_lib_fleet-agent" for h in topo.hosts]
+        )
         router_pids = routers.start(topo, paths.root, lambda p: _mountpoint(paths, p))
         state = {
             "hosts": {
@@ -346,6 +349,7 @@ def up(topo: Topology, paths: Paths) -> dict[str, Any]:
                 "pid": registry_pid,
                 "images": pushed,
             },
+            "ca": str(ca_cert),
             "known_hosts": str(paths.known_hosts),
             "ssh_key": str(paths.client_key),
         }

@@ -31,9 +31,8 @@ def test_apply_from_empty_then_replan_is_noop(tmp_path: Path, state: sqlite.Sqli
     hosts = support.hosts_for(fleet)
     report = support.run(support.plan(fleet, hosts), hosts, state)
     assert report.ok
-    assert (
-        sum(len(r.succeeded) for r in report.hosts.values()) == 35
-    )  # 26 + an announcement of each public app on every other host
+    # 7 machines, 5 images, and a route and an announcement of each of 4 apps on each of 4 hosts
+    assert sum(len(r.succeeded) for r in report.hosts.values()) == 44
     assert len(support.machines(hosts)) == 7
     again = support.plan(fleet, hosts)
     assert not again.has_changes and not again.steps
@@ -211,10 +210,15 @@ def test_unreachable_host_at_apply_defers_its_steps(
     deferred = dict(report.hosts["sea-2"].deferred)
     assert any("unreachable" in why for why in deferred.values())
     assert all(not r.failed for r in report.hosts.values())
-    assert len(report.hosts["ams-1"].succeeded) == 10  # the other hosts went ahead
+    # the other hosts went ahead, except for the routes (and so the announcements) of
+    # hello and infer, which wait for those apps' new machines on sea-2
+    assert len(report.hosts["ams-1"].succeeded) == 8
+    waiting = dict(report.hosts["ams-1"].deferred)
+    assert "host.ams-1/route[infer]:create" in waiting
     hosts.hosts["sea-2"].behaviour.unreachable = None
     resumed = support.run(p, hosts, state)  # the same plan again finishes the job
-    assert resumed.ok and resumed.resumed == 26
+    done = sum(len(r.succeeded) for r in report.hosts.values())
+    assert resumed.ok and resumed.resumed == done == 21
 
 
 def test_failed_action_skips_only_its_dependents(

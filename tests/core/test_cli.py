@@ -28,16 +28,16 @@ def test_plan_exit_codes_and_formats(tmp_path: Path, capsys: pytest.CaptureFixtu
     hosts = f"memory:{tmp_path / 'hosts.json'}"
     base = ["--fleet", str(fleet), "--hosts", hosts]
     assert cli.main(["plan", *base, "--detailed-exitcode"]) == 2
-    assert capsys.readouterr().out.startswith("Plan: 35 to add")
+    assert capsys.readouterr().out.startswith("Plan: 44 to add")
     assert cli.main(["plan", *base]) == 0  # without the flag, changes still exit 0
     capsys.readouterr()
     assert cli.main(["plan", *base, "--format", "json", "--out", str(tmp_path / "p.json")]) == 0
     printed = json.loads(capsys.readouterr().out)
-    assert printed["format_version"] == 1 and printed["summary"]["create"] == 35
+    assert printed["format_version"] == 1 and printed["summary"]["create"] == 44
     assert json.loads((tmp_path / "p.json").read_text())["steps"] == printed["steps"]
     assert cli.main(["plan", *base, "--format", "markdown"]) == 0
     md = capsys.readouterr().out
-    assert md.startswith("### reconcile plan: Plan: 35 to add") and "<details>" in md
+    assert md.startswith("### reconcile plan: Plan: 44 to add") and "<details>" in md
     assert cli.main(["apply", *base, "--yes", "--state", str(tmp_path / "s.db")]) == 0
     capsys.readouterr()
     assert cli.main(["plan", *base, "--detailed-exitcode"]) == 0  # no-op

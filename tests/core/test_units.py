@@ -205,8 +205,31 @@ def test_fast_etags_equal_the_canonical_etag(tmp_path: Path) -> None:
         assert tag == observed.etag(spec)
         address = fleet_compile.machine_address(world.host_prefixes["ams-1"], slot.id)
         assert spec["address"] == str(address)
-        route = parts.route("ams-1", ["ams#2", "ams#1"])
+    on_host = {"ams-1": {"hello": ["ams#1"]}, "sea-1": {"hello": ["sea#1"]}}
+    routes = desired.RouteSpecs(world, on_host)
+    for host in ("ams-1", "ams-2", "sea-1"):
+        route = routes.route(host, "hello")
         assert route.etag == observed.etag(route.spec)
+
+
+def test_route_specs_are_per_region_local_first_then_backups_over_the_mesh(
+    tmp_path: Path,
+) -> None:
+    fleet = support.load(support.fleet_dir(tmp_path))
+    world = fleet_compile.compile_world(fleet)
+    on_host = {"ams-1": {"hello": ["ams#1"]}, "sea-1": {"hello": ["sea#1"]}}
+    routes = desired.RouteSpecs(world, on_host)
+    ams1, ams2, sea2 = (routes.route(h, "hello") for h in ("ams-1", "ams-2", "sea-2"))
+    assert ams1.spec is ams2.spec and ams1.etag == ams2.etag  # shared by the region's hosts
+    assert sea2.etag != ams1.etag
+    http = ams2.spec["routes"]["be_hello_0"]
+    machines = [(n, s["role"]) for n, s in http["servers"].items() if s["role"] != "waker"]
+    assert machines == [("ams.1", "local"), ("sea.1", "remote")]
+    ams_machine = http["servers"]["ams.1"]
+    prefix = world.host_prefixes["ams-1"]
+    assert ams_machine["address"] == str(fleet_compile.machine_address(prefix, "hello/ams#1"))
+    sea_http = sea2.spec["routes"]["be_hello_0"]
+    assert [n for n, s in sea_http["servers"].items() if s["role"] == "local"] == ["sea.1"]
 
 
 def _place(tmp_path: Path, edit=None, running=None, unmanaged=None, down=()):  # type: ignore[no-untyped-def]
@@ -304,6 +327,9 @@ def test_targets_keep_dependencies_and_excludes_drop_dependents(tmp_path: Path) 
         "host.ams-1/route[echo]",
         "app.echo/machine[ams#1]",
         "host.ams-1/image[192.0.2.2:5000/examples/echo:1.0]",
+        # the route of every edge waits for all of the app's new machines
+        "app.echo/machine[sea#1]",
+        "host.sea-1/image[192.0.2.2:5000/examples/echo:1.0]",
     }
     excluded = support.plan(
         fleet, hosts, excludes=("host.ams-1/image[192.0.2.2:5000/examples/echo:1.0]",)

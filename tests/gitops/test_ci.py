@@ -82,7 +82,7 @@ def test_ci_dry_run_exit_codes_from_a_clean_checkout(tmp_path: Path) -> None:
 
     rc, md, err = ci_plan(repo, tmp_path, "pr1")
     assert rc == 2, err
-    assert md.startswith("### reconcile plan: Plan: 26 to add") and "<details>" in md
+    assert md.startswith("### reconcile plan: Plan: 44 to add") and "<details>" in md
 
     applied = reconcile(
         "apply",

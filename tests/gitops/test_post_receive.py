@@ -16,7 +16,7 @@ def test_push_is_applied_with_progress_in_the_push_output(tmp_path: Path) -> Non
     assert push.returncode == 0, push.stderr
     err = push.stderr
     assert "remote: fleet: refs/heads/main at" in err and "valid (4 hosts, 4 apps)" in err
-    assert "remote: fleet: fleet at " in err and "Plan: 26 to add" in err
+    assert "remote: fleet: fleet at " in err and "Plan: 44 to add" in err
     assert "remote: fleet:   " in err and ": running" in err  # per-action progress
     assert "remote: fleet: apply complete; full report: reconcile history --show" in err
     assert len(support.machines(remote.hosts)) > 0

@@ -294,11 +294,13 @@ def route_drift(base: Files) -> Case:
     hosts = applied(base)
     h = hosts.hosts["ams-2"]
     r = h.items[(resources.Kind.ROUTE, "hello")]
-    actual = dict(r.spec)
-    actual["backends"] = []
+    actual = copy.deepcopy(dict(r.spec))
+    del actual["routes"]["be_hello_0"]["servers"]["ams.1"]  # someone removed it by hand
     actual["pid"] = 4242
     h.put(dataclasses.replace(r, actual=actual))
-    return Case("drift: the live proxy route lost its backend; the route is put back", base, hosts)
+    return Case(
+        "drift: the live proxy route lost its local server; the route is put back", base, hosts
+    )
 
 
 @case

@@ -52,8 +52,9 @@ def test_a_new_machine_is_one_add_on_its_backend_only() -> None:
     assert p.reload is None
     assert p.touched == {"be_a_0"}
     cmds = commands(p)
-    assert cmds[:2] == [
-        "add server be_a_0/sea.3 192.0.2.51:8080 weight 100",
+    assert cmds[:3] == [
+        "add server be_a_0/sea.3 192.0.2.51:8080 weight 100 check inter 1s fall 2 rise 1",
+        "enable health be_a_0/sea.3",
         "enable server be_a_0/sea.3",
     ]
     assert all("be_b_0" not in c for c in cmds)
@@ -82,8 +83,9 @@ def test_removals_come_after_additions_so_capacity_never_dips() -> None:
 
 def test_remote_ipv6_addresses_are_bracketed() -> None:
     new = tab(BASE.routes[0], rt("b", srv("sea.1"), srv("ams.1", R), srv("ams.2", R)))
-    assert "add server be_b_0/ams.2 [fd00::1]:8080 backup weight 100" in commands(
-        diff.plan(BASE, new)
+    assert (
+        "add server be_b_0/ams.2 [fd00::1]:8080 backup weight 100 check inter 1s fall 2 rise 1"
+        in commands(diff.plan(BASE, new))
     )
 
 
@@ -136,3 +138,11 @@ def test_every_op_inverts() -> None:
     for op in diff.plan(BASE, new).ops:
         assert op.inverse().inverse() == op
         assert op.inverse().before == op.after
+
+
+def test_a_hard_limit_change_is_runtime_maxconn_not_a_reload() -> None:
+    old = tab(dataclasses.replace(rt("a", srv("sea.1", maxconn=25)), hard_limit=25))
+    new = tab(dataclasses.replace(rt("a", srv("sea.1", maxconn=26)), hard_limit=26))
+    p = diff.plan(old, new)
+    assert p.reload is None
+    assert commands(p) == ["set maxconn server be_a_0/sea.1 26"]

@@ -1,0 +1,112 @@
+"""Benchmark: a one-route change -> served on every lab host, p50/p99 of 20 trials.
+
+Needs a lab that is up, bootstrapped and applied (``scripts/demo``, or
+``reconcile lab up && reconcile hosts bootstrap && reconcile apply``) and runs
+as root with the lab's ``FLEET_LAB_PREFIX``/``FLEET_LAB_DIR``. Each trial edits
+one app's ``hard_limit`` (25 <-> 26) in a copy of the fleet, runs
+``reconcile apply --yes`` (load, observe every host over SSH, plan, apply) and
+stops the clock once every host's HAProxy has the new ``maxconn`` on that
+app's servers; it then checks that the change touched only that app's route
+(every other route's etag unchanged, HAProxy's other backends untouched: no
+reload). Goal (issue 8): p99 <= 1 s.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import shutil
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+from bench.routemove import p99
+
+RECONCILE = str(Path(sys.executable).with_name("reconcile"))
+MASTER = "/var/lib/fleet-agent/proxy/haproxy/master.sock"
+AGENT_PYTHON = "/var/lib/fleet-agent/current/bin/python"
+
+
+def reconcile(*args: str) -> str:
+    out = subprocess.run([RECONCILE, *args], capture_output=True, text=True, check=False)
+    if out.returncode not in (0, 2):
+        raise SystemExit(f"reconcile {' '.join(args)}: {out.stderr.strip() or out.stdout[-500:]}")
+    return out.stdout
+
+
+def routes(fleet: Path, save: Path) -> dict[tuple[str, str], str]:
+    reconcile("observe", "--fleet", str(fleet), "--save", str(save))
+    data = json.loads(save.read_text())
+    return {
+        (h["host"], r["id"]): r["etag"]
+        for h in data["hosts"]
+        for r in h.get("resources", [])
+        if r["kind"] == "route"
+    }
+
+
+def reloads(hosts: list[str]) -> dict[str, str]:
+    """Each host's HAProxy master reload counter (``show proc`` on the master CLI)."""
+    script = (
+        "from providers.proxy import reload\n"
+        f"procs = reload.parse_show_proc(reload.master_command({MASTER!r}, 'show proc'))\n"
+        "print(next(p.reloads for p in procs if p.kind == 'master'))\n"
+    )
+    out = {}
+    for host in hosts:
+        res = subprocess.run(
+            [RECONCILE, "lab", "exec", host, "--", AGENT_PYTHON, "-c", script],
+            capture_output=True,
+            text=True,
+            check=False,
+        )
+        out[host] = res.stdout.strip() or res.stderr.strip()
+    return out
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__)
+    parser.add_argument("--fleet", default="examples", help="the fleet the lab was applied from")
+    parser.add_argument("--app", default="hello")
+    parser.add_argument("--trials", type=int, default=20)
+    args = parser.parse_args()
+    if os.geteuid() != 0:
+        raise SystemExit("run as root, against a running lab")
+    times: list[float] = []
+    with tempfile.TemporaryDirectory(prefix="fleet-edgeroute-") as tmp:
+        fleet = Path(tmp) / "fleet"
+        shutil.copytree(args.fleet, fleet)
+        state = Path(tmp) / "state.db"
+        app_file = fleet / "apps" / f"{args.app}.yaml"
+        before = routes(fleet, Path(tmp) / "obs.json")
+        hosts = sorted({h for h, _ in before})
+        workers = reloads(hosts)
+        limit = 25
+        changed: list[str] = []
+        for trial in range(args.trials):
+            new = 26 if limit == 25 else 25
+            text = app_file.read_text()
+            app_file.write_text(text.replace(f"hard_limit: {limit}", f"hard_limit: {new}"))
+            t = time.perf_counter()
+            reconcile("apply", "--fleet", str(fleet), "--state", str(state), "--yes")
+            times.append(time.perf_counter() - t)
+            limit = new
+            if trial == 0:  # (an even number of trials ends where it began)
+                after = routes(fleet, Path(tmp) / "obs.json")
+                changed = sorted({key[1] for key in after if after[key] != before.get(key)})
+        same_workers = reloads(hosts) == workers
+    print(
+        f"one-route change on {len(hosts)} hosts: p50 {statistics.median(times) * 1000:6.0f} ms, "
+        f"p99 {p99(times) * 1000:6.0f} ms, max {max(times) * 1000:6.0f} ms ({len(times)} trials)"
+    )
+    print(f"routes whose etag changed: {changed or 'none'} (want at most [{args.app!r}])")
+    print(f"HAProxy reloaded: {'no' if same_workers else 'YES'}")
+    print(f"goal p99 <= 1000 ms: {'met' if p99(times) <= 1.0 else 'MISSED'}")
+
+
+if __name__ == "__main__":
+    main()

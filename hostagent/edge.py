@@ -1,0 +1,386 @@
+"""The ``route`` kind: every app's routes on this host's edge proxy (HAProxy).
+
+The inventory holds one ``route[<app>]`` entry per app (the reconciler's spec:
+:mod:`providers.proxy.spec`). Whatever changes, the handler rebuilds the
+host's whole :class:`~providers.proxy.table.RoutingTable` from every route
+spec HAProxy serves (``proxy/routes.json``, changed under the edge lock, so
+concurrent applies never undo each other) and hands it to
+:class:`~providers.proxy.proxy.EdgeProxy`, which changes HAProxy through the
+runtime API when it can and a seamless reload when it must.
+
+HAProxy outlives the short ``fleet-agent apply`` process that starts it (its
+own session; its PID in ``proxy/haproxy/haproxy.pid``). Every process that
+touches it (apply, the supervisor's ticker) takes ``proxy/edge.lock``, resumes
+from ``proxy/table.json`` (the table exactly as HAProxy holds it) and saves it
+back. A malformed spec or a table HAProxy refuses leaves HAProxy serving the
+last good table; the reason is kept in ``proxy/alarm`` and every route
+resource reports it in observe until an update succeeds.
+
+HAProxy binds the anycast addresses ``transparent`` (non-local bind): the
+announcement kind puts them on ``lo`` while the host may serve them, and takes
+them off when it withdraws; the proxy keeps listening either way.
+
+A server that leaves a route first drains: it stays with weight 0 until its
+sessions end or the app's ``kill_timeout`` passes, then it is removed.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import fcntl
+import json
+import logging
+import time
+from collections.abc import Callable, Collection, Iterator, Mapping
+from dataclasses import dataclass, replace
+from pathlib import Path
+from typing import Any
+
+from fleet.errors import ProviderError
+from hostagent import handlers as H
+from providers.proxy import certs, haproxy, proxy, reload, runtime, spec
+from providers.proxy import table as t
+
+log = logging.getLogger(__name__)
+Json = Any
+KIND = "route"
+DRAIN_POLL_S = 0.1
+
+
+@dataclass(frozen=True, slots=True)
+class EdgePaths:
+    """Where this host's proxy keeps its state, under the agent's data directory."""
+
+    root: Path
+
+    @staticmethod
+    def of(data_dir: Path) -> EdgePaths:
+        return EdgePaths(data_dir / "proxy")
+
+    @property
+    def haproxy_dir(self) -> Path:
+        return self.root / "haproxy"
+
+    @property
+    def certs(self) -> Path:
+        return self.root / "certs"
+
+    @property
+    def ca(self) -> Path:
+        """The CA that signs this host's per-app certificates (``ca.pem``, ``ca.key``)."""
+        return self.root / "ca"
+
+    @property
+    def table(self) -> Path:
+        return self.root / "table.json"
+
+    @property
+    def alarm(self) -> Path:
+        return self.root / "alarm"
+
+    @property
+    def specs(self) -> Path:
+        """Every route spec HAProxy serves, by app: the source of the host's table."""
+        return self.root / "routes.json"
+
+    @property
+    def lock(self) -> Path:
+        return self.root / "edge.lock"
+
+    def options(self) -> haproxy.Options:
+        return haproxy.Options(state_dir=self.haproxy_dir, certs_dir=self.certs)
+
+
+class Edge:
+    """This host's edge proxy as seen by any agent process: lock, saved table, alarm."""
+
+    def __init__(
+        self, paths: EdgePaths, host: str, settings: t.Settings = spec.DEFAULT_SETTINGS
+    ) -> None:
+        self.paths = paths
+        self.host = host
+        self.settings = settings
+
+    @contextlib.contextmanager
+    def locked(self) -> Iterator[proxy.EdgeProxy]:
+        """The proxy, resumed from the saved table, under the host-wide edge lock."""
+        self.paths.root.mkdir(parents=True, exist_ok=True)
+        with open(self.paths.lock, "a+") as lock:
+            fcntl.flock(lock, fcntl.LOCK_EX)
+            edge = proxy.EdgeProxy(self.paths.options())
+            try:
+                saved = self.saved()
+                if saved is not None:
+                    edge.resume(saved)
+                yield edge
+            finally:
+                edge.session.close()
+                if edge.live is not None and edge.process.running():
+                    _write(self.paths.table, json.dumps(spec.table_to_json(edge.live)))
+                fcntl.flock(lock, fcntl.LOCK_UN)
+
+    def saved(self) -> t.RoutingTable | None:
+        try:
+            return spec.table_from_json(json.loads(self.paths.table.read_text()))
+        except (OSError, ValueError, ProviderError):
+            return None
+
+    def alarm(self) -> str | None:
+        try:
+            return self.paths.alarm.read_text().strip() or None
+        except OSError:
+            return None
+
+    def _set_alarm(self, text: str | None) -> None:
+        if text is None:
+            self.paths.alarm.unlink(missing_ok=True)
+        else:
+            _write(self.paths.alarm, text + "\n")
+
+    def specs(self) -> dict[str, Mapping[str, Json]]:
+        try:
+            raw = json.loads(self.paths.specs.read_text())
+        except (OSError, ValueError):
+            return {}
+        return dict(raw) if isinstance(raw, dict) else {}
+
+    def table(
+        self, specs: Mapping[str, Mapping[str, Json]], stopped: frozenset[str]
+    ) -> t.RoutingTable:
+        """The host's table from route specs (a malformed one raises ProviderError)."""
+        routes: list[t.Route] = []
+        region = ""
+        for rid, value in sorted(specs.items()):
+            routes += spec.from_json(value, f"route[{rid}]")
+            region = region or str(value.get("region", ""))
+        return spec.assemble(
+            self.host, region, routes, stopped_apps=stopped, settings=self.settings
+        )
+
+    def change(
+        self,
+        override: Mapping[str, Mapping[str, Json] | None],
+        stopped: frozenset[str],
+        emit: H.Emit,
+    ) -> None:
+        """Under the edge lock: the served specs with ``override`` (None: removed), made live.
+
+        Concurrent applies (one per action) serialise here, each starting from
+        what the previous one made live, so none undoes another's route.
+        """
+        with self.locked() as edge:
+            before = self.specs()
+            specs = dict(before)
+            for rid, value in override.items():
+                if value is None:
+                    specs.pop(rid, None)
+                else:
+                    specs[rid] = dict(value)
+            if specs == before and edge.live is not None and not override:
+                pass  # a refresh (wakers, a dead HAProxy): go on, the table may differ
+            elif specs == before and (edge.live is not None or not specs):
+                return  # nothing changes (e.g. removing a route that never went live)
+            try:
+                table = self.table(specs, stopped)
+                if table.routes:
+                    self._bring(edge, table, emit)
+                else:
+                    edge.stop()
+                    self.paths.table.unlink(missing_ok=True)
+                    emit("proxy-stopped", "no routes left")
+            except ProviderError as exc:
+                self._set_alarm(str(exc))
+                raise
+            self._set_alarm(None)
+            _write(self.paths.specs, json.dumps(specs, sort_keys=True))
+
+    def _bring(self, edge: proxy.EdgeProxy, table: t.RoutingTable, emit: H.Emit) -> None:
+        t.check(table)
+        ca = certs.load_or_create_authority(self.paths.ca)
+        certs.write_app_certificates(ca, table, self.paths.certs)
+        if edge.live is None:
+            edge.start(table)
+            emit("proxy-started", f"HAProxy serving {len(table.routes)} route(s)")
+            return
+        draining = with_leavers_draining(edge.live, table)
+        if draining != table:
+            result = edge.apply(draining)
+            emit("draining", ", ".join(sorted(result.touched)))
+            wait_drained(edge, edge.live or draining, table)
+        result = edge.apply(table)
+        if result.method is not proxy.Method.NOOP:
+            emit(f"proxy-{result.method}", f"{result.reason}: {', '.join(sorted(result.touched))}")
+
+
+def with_leavers_draining(live: t.RoutingTable, new: t.RoutingTable) -> t.RoutingTable:
+    """``new``, except that servers it drops from a route it keeps stay, draining, in place.
+
+    Servers keep HAProxy's current order (so no reload is needed for order);
+    servers new to a route come after them.
+    """
+    old = {r.name: r for r in live.routes}
+    routes = []
+    for r in new.routes:
+        before = old.get(r.name)
+        if before is None:
+            routes.append(r)
+            continue
+        wanted = {s.name: s for s in r.servers}
+        servers = [
+            wanted.get(s.name) or replace(s, draining=True)
+            for s in before.servers
+            if s.name in wanted or s.role is not t.Role.WAKER
+        ]
+        have = {s.name for s in before.servers}
+        servers += [s for s in r.servers if s.name not in have]
+        routes.append(replace(r, servers=tuple(servers)))
+    return replace(new, routes=tuple(routes))
+
+
+def wait_drained(edge: proxy.EdgeProxy, during: t.RoutingTable, final: t.RoutingTable) -> None:
+    """Wait until the servers leaving have no sessions, at most their route's kill_timeout."""
+    final_names = {(r.name, s.name) for r in final.routes for s in r.servers}
+    leaving = {
+        (r.name, s.name): r.kill_timeout_s
+        for r in during.routes
+        for s in r.servers
+        if (r.name, s.name) not in final_names
+    }
+    if not leaving:
+        return
+    deadline = time.monotonic() + max(leaving.values())
+    while time.monotonic() < deadline:
+        busy = [
+            s
+            for s in edge.session.stat()
+            if (s.backend, s.name) in leaving and (s.current > 0 or s.queued > 0)
+        ]
+        if not busy:
+            return
+        time.sleep(DRAIN_POLL_S)
+
+
+class RouteHandler:
+    """The ``route`` resource kind: one entry per app, one HAProxy for all of them."""
+
+    kind = KIND
+
+    def __init__(
+        self,
+        edge: Edge,
+        stopped_apps: Callable[[], frozenset[str]] = frozenset,
+    ) -> None:
+        self.edge = edge
+        self.stopped_apps = stopped_apps
+
+    def create(self, rid: str, spec_: Mapping[str, Json], emit: H.Emit) -> None:
+        self.edge.change({rid: spec_}, self.stopped_apps(), emit)
+
+    def update(
+        self, rid: str, old: Mapping[str, Json], spec_: Mapping[str, Json], emit: H.Emit
+    ) -> None:
+        self.edge.change({rid: spec_}, self.stopped_apps(), emit)
+
+    def delete(self, rid: str, spec_: Mapping[str, Json], emit: H.Emit) -> None:
+        self.edge.change({rid: None}, self.stopped_apps(), emit)
+
+    def start(self, rid: str, spec_: Mapping[str, Json], emit: H.Emit) -> None:
+        self.edge.change({}, self.stopped_apps(), emit)
+
+    def observe(self, rid: str, spec_: Mapping[str, Json]) -> H.Observed:
+        alarm = self.edge.alarm()
+        saved = self.edge.saved()
+        serving = (
+            saved is not None
+            and any(r.app == rid for r in saved.routes)
+            and reload.HAProxyProcess(self.edge.paths.options()).adopt()
+        )
+        runtime: dict[str, Json] = {}
+        if alarm:
+            runtime["alarm"] = alarm
+        state = "running" if serving else "stopped"  # the protocol's run states
+        health = "passing" if serving and not alarm else "critical"
+        return H.Observed(state=state, health=health, runtime=runtime)
+
+    def healthy(self, rid: str, spec_: Mapping[str, Json]) -> bool:
+        return self.observe(rid, spec_).health == "passing"
+
+    def unmanaged(self, managed: Collection[str]) -> list[tuple[str, H.Observed]]:
+        return []
+
+
+class Ticker:
+    """The supervisor's edge duty: restart a dead HAProxy, keep wakers matching stopped machines.
+
+    Cheap when nothing changed (a PID check and the machines' states); the table
+    is rebuilt only when HAProxy died or the set of apps with a stopped local
+    machine changed.
+    """
+
+    def __init__(self, handler: RouteHandler) -> None:
+        self.handler = handler
+        self._stopped: frozenset[str] | None = None
+
+    def __call__(self, now: float) -> list[str]:
+        edge = self.handler.edge
+        if edge.saved() is None:
+            return []
+        alive = reload.HAProxyProcess(edge.paths.options()).adopt()
+        stopped = self.handler.stopped_apps()
+        if alive and stopped == self._stopped:
+            return []
+        edge.change({}, stopped, lambda *_: None)
+        self._stopped = stopped
+        return [] if alive else ["restarted HAProxy"]
+
+
+class HAProxyHealth:
+    """:class:`hostagent.edgehealth.EdgeHealth` from HAProxy's stats socket.
+
+    The proxy is healthy while its admin socket answers; an app's healthy
+    backends are its machine servers HAProxy's health checks find UP (local
+    or, over the mesh, remote), draining ones not counted.
+    """
+
+    def __init__(self, edge: Edge, timeout_s: float = 1.0) -> None:
+        self.edge = edge
+        self.timeout_s = timeout_s
+
+    def _session(self) -> runtime.AdminSession:
+        return runtime.AdminSession(self.edge.paths.options().admin_socket, self.timeout_s)
+
+    def proxy_healthy(self) -> bool:
+        try:
+            with self._session() as session:
+                return "Pid:" in session.execute("show info")
+        except ProviderError:
+            return False
+
+    def healthy_backends(self) -> Mapping[str, int]:
+        table = self.edge.saved()
+        if table is None:
+            return {}
+        try:
+            with self._session() as session:
+                stats = session.stat()
+        except ProviderError:
+            stats = []
+        return count_up(table, stats)
+
+
+def count_up(table: t.RoutingTable, stats: Collection[runtime.ServerStat]) -> dict[str, int]:
+    """Per app: distinct machines with an UP, non-draining server in any of its routes. Pure."""
+    up = {(s.backend, s.name) for s in stats if s.status.startswith("UP")}
+    machines: dict[str, set[str]] = {r.app: set() for r in table.routes}
+    for r in table.routes:
+        for s in r.servers:
+            if s.role is not t.Role.WAKER and not s.draining and (r.name, s.name) in up:
+                machines[r.app].add(s.machine)
+    return {app: len(found) for app, found in machines.items()}
+
+
+def _write(path: Path, text: str) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(path.name + ".tmp")
+    tmp.write_text(text)
+    tmp.replace(path)

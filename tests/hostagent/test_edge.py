@@ -1,0 +1,203 @@
+"""The ``route`` kind's pure parts: the host's table from route entries, drains, edge health."""
+
+from __future__ import annotations
+
+import json
+import socket
+import threading
+import time
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+
+import pytest
+
+from fleet.errors import ProviderError
+from hostagent import edge, wake
+from hostagent import handlers as H
+from hostagent.inventory import Entry, Inventory
+from providers.proxy import runtime, spec
+from providers.proxy import table as t
+from reconciler.core import observed
+from tests.proxy.test_table import m, world
+
+
+def _spec(app: str, machines: list[t.MachineView], host: str = "sea-1") -> dict[str, object]:
+    routes = spec.app_routes(world(auto_start=True), app, host, machines)
+    return spec.to_json(app, "sea", routes)
+
+
+HELLO = _spec("hello", [m("hello", "sea", 1, "sea-1"), m("hello", "ams", 1, "ams-1")])
+ECHO = _spec("echo", [m("echo", "sea", 1, "sea-1")])
+
+
+def _edge(tmp_path: Path) -> edge.Edge:
+    return edge.Edge(edge.EdgePaths.of(tmp_path), "sea-1")
+
+
+def test_the_table_holds_every_served_route_with_the_host_waker_state(tmp_path: Path) -> None:
+    e = _edge(tmp_path)
+    table = e.table({"hello": HELLO}, frozenset({"hello"}))
+    assert [r.name for r in table.routes] == ["be_hello_0"]
+    assert (table.host, table.region) == ("sea-1", "sea")
+    waker = table.routes[0].server(t.WAKER_NAME)
+    assert waker is not None and waker.enabled  # hello has a stopped machine here
+    both = e.table({"hello": HELLO, "echo": ECHO}, frozenset())
+    assert [r.name for r in both.routes] == ["be_echo_0_tcp", "be_hello_0"]
+
+
+def test_a_malformed_spec_is_refused_and_raised_as_an_alarm(tmp_path: Path) -> None:
+    e = _edge(tmp_path)
+    handler = edge.RouteHandler(e)
+    broken = {"app": "echo", "routes": {"be_echo_0_tcp": {}}}
+    with pytest.raises(ProviderError, match=r"route\[echo\]"):
+        handler.create("echo", broken, lambda *_: None)
+    assert "malformed route spec" in (e.alarm() or "")
+    assert e.specs() == {}  # nothing refused is kept as served
+    handler.delete("echo", broken, lambda *_: None)  # the agent cleans up a failed create
+    assert "malformed route spec" in (e.alarm() or "")  # ... which changes nothing: alarm stays
+    seen = handler.observe("hello", HELLO)
+    assert seen.health == "critical" and "malformed" in seen.runtime["alarm"]
+    assert seen.state == observed.RunState.STOPPED  # a state the protocol knows
+
+
+def test_leaving_servers_drain_in_place_before_they_go() -> None:
+    w = world()
+    live = spec.assemble(
+        "sea-1",
+        "sea",
+        spec.app_routes(
+            w,
+            "hello",
+            "sea-1",
+            [
+                m("hello", "sea", 1, "sea-1"),
+                m("hello", "sea", 2, "sea-1"),
+                m("hello", "ams", 1, "ams-1"),
+            ],
+        ),
+    )
+    new = spec.assemble(
+        "sea-1",
+        "sea",
+        spec.app_routes(
+            w, "hello", "sea-1", [m("hello", "sea", 2, "sea-1"), m("hello", "sea", 3, "sea-2")]
+        ),
+    )
+    mid = edge.with_leavers_draining(live, new)
+    servers = [(s.name, s.draining) for s in mid.routes[0].servers]
+    assert servers == [("sea.1", True), ("sea.2", False), ("ams.1", True), ("sea.3", False)]
+    assert edge.with_leavers_draining(new, new) == new
+
+
+def test_edge_health_counts_up_machines_per_app_not_wakers_or_draining() -> None:
+    w = world(auto_start=True)
+    routes = spec.app_routes(
+        w,
+        "hello",
+        "sea-1",
+        [
+            m("hello", "sea", 1, "sea-1"),
+            m("hello", "sea", 2, "sea-1", t.MachineState.DRAINING),
+            m("hello", "ams", 1, "ams-1"),
+        ],
+    )
+    table = spec.assemble("sea-1", "sea", routes)
+
+    def stat(name: str, status: str) -> runtime.ServerStat:
+        return runtime.ServerStat("be_hello_0", name, 0, 0, 0, -1, 0, status)
+
+    stats = [stat("sea.1", "UP"), stat("sea.2", "UP"), stat("ams.1", "DOWN"), stat("waker", "UP")]
+    assert edge.count_up(table, stats) == {"hello": 1}
+    assert edge.count_up(table, []) == {"hello": 0}
+
+
+def test_saved_tables_round_trip_with_their_wakers(tmp_path: Path) -> None:
+    routes = spec.app_routes(
+        world(auto_start=True), "hello", "sea-1", [m("hello", "sea", 1, "sea-1")]
+    )
+    table = spec.assemble("sea-1", "sea", routes, stopped_apps=frozenset({"hello"}))
+    back = spec.table_from_json(json.loads(json.dumps(spec.table_to_json(table))))
+    assert back == table
+
+
+class _Machines:
+    """A machine kind whose one machine 'boots' into a TCP server on loopback when started."""
+
+    kind = "machine"
+
+    def __init__(self, port: int) -> None:
+        self.port = port
+        self.started: list[str] = []
+        self.server: socket.socket | None = None
+
+    def observe(self, rid: str, spec: object) -> H.Observed:
+        return H.Observed(state="running" if self.started else "stopped")
+
+    def start(self, rid: str, spec: object, emit: object) -> None:
+        self.started.append(rid)
+        time.sleep(0.3)  # booting
+        srv = socket.socket()
+        srv.bind(("127.0.0.1", self.port))
+        srv.listen(128)
+        self.server = srv
+
+        def serve() -> None:
+            while True:
+                try:
+                    conn, _ = srv.accept()
+                except OSError:
+                    return
+                conn.sendall(b"woken\n")
+                conn.close()
+
+        threading.Thread(target=serve, daemon=True).start()
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+def test_the_wake_service_starts_one_stopped_machine_for_many_connections(tmp_path: Path) -> None:
+    machine_port, waker_port = _free_port(), _free_port()
+    routes = spec.app_routes(
+        world(auto_start=True), "echo", "sea-1", [m("echo", "sea", 1, "sea-1")]
+    )
+    table = spec.assemble(
+        "sea-1",
+        "sea",
+        routes,
+        stopped_apps=frozenset({"echo"}),
+        settings=t.Settings(waker_port=waker_port),
+    )
+    paths = edge.EdgePaths.of(tmp_path)
+    paths.root.mkdir(parents=True)
+    paths.table.write_text(json.dumps(spec.table_to_json(table)))
+    inventory = Inventory(tmp_path / "inventory")
+    machine_spec = {
+        "app": "echo",
+        "address": "127.0.0.1",
+        "services": [{"internal_port": machine_port, "protocol": "tcp"}],
+    }
+    with inventory.transaction() as state:
+        state.put(Entry("machine", "echo/sea#1@x", "sha256:1", machine_spec))
+    machines = _Machines(machine_port)
+    service = wake.WakeService(edge.Edge(paths, "sea-1"), inventory, machines)  # type: ignore[arg-type]
+    service.start()
+    try:
+        assert service.tick(0.0) == ["waker listening for 1 route(s)"]
+        assert service.tick(1.0) == []  # nothing changed: nothing done
+
+        def ask() -> bytes:
+            with socket.create_connection(("127.0.0.1", waker_port), timeout=10) as c:
+                return c.recv(100)
+
+        with ThreadPoolExecutor(20) as pool:
+            answers = list(pool.map(lambda _: ask(), range(50)))
+        assert answers == [b"woken\n"] * 50
+        assert machines.started == ["echo/sea#1@x"]
+    finally:
+        service.close()
+        if machines.server is not None:
+            machines.server.close()
