@@ -45,12 +45,12 @@ def test_one_map_lookup_routes_and_the_address_owner_is_the_default(tmp_path: Pa
     hosts = tmp_path / "maps" / "fe_http_8080.hosts"
     assert section(config, "frontend fe_http_8080_a_0") == [
         "mode http",
-        "bind 127.0.0.1:8080",
+        "bind 127.0.0.1:8080 transparent",
         lookup.format(hosts, "be_a_0"),
         "default_backend be_a_0",
     ]
     assert section(config, "frontend fe_http_8080_c_0")[1:] == [
-        "bind 127.0.0.3:8080",
+        "bind 127.0.0.3:8080 transparent",
         lookup.format(hosts, "be_c_0"),
         "default_backend be_c_0",
     ]
