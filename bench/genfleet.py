@@ -1,8 +1,12 @@
 """Generate a large, valid fleet as YAML files, for benchmarks.
 
-``generate(directory, hosts=1000, apps=200, machines=10000)`` writes a Network,
-regions with their hosts (one file per region), and one file per app, spread
-so that every app fits. Deterministic for a given set of arguments.
+``generate(directory, hosts=1000, apps=200, machines=10000, edges=2)`` writes a
+Network, regions with their hosts (one file per region), and one file per app,
+spread so that every app fits. ``edges`` hosts per region are marked as edges
+(``spec.edge: true``; they route and announce every public app), as a fleet of
+this size would; ``edges=0`` marks none, so every host is an edge (the default
+of a small fleet, and the worst case for the plan). Deterministic for a given
+set of arguments.
 """
 
 from __future__ import annotations
@@ -15,7 +19,11 @@ JURISDICTIONS = ("eu", "us")
 
 
 def generate(
-    directory: str | Path, hosts: int = 1000, apps: int = 200, machines: int = 10000
+    directory: str | Path,
+    hosts: int = 1000,
+    apps: int = 200,
+    machines: int = 10000,
+    edges: int = 2,
 ) -> Path:
     root = Path(directory)
     (root / "regions").mkdir(parents=True, exist_ok=True)
@@ -44,6 +52,7 @@ def generate(
                 f"    port: 22\n    user: root\n"
                 f"  capacity:\n    cpus: 32\n    memory: 128gb\n{gpus}"
                 f"  hypervisor: qemu\n"
+                f"{'  edge: true' + chr(10) if h < edges else ''}"
                 f"  wireguard:\n    endpoint: 10.{n // 65536}.{n // 256 % 256}.{n % 256}:51820\n"
             )
         (root / "regions" / f"{region}.yaml").write_text("---\n".join(docs))
@@ -75,8 +84,9 @@ def main() -> None:
     p.add_argument("--hosts", type=int, default=1000)
     p.add_argument("--apps", type=int, default=200)
     p.add_argument("--machines", type=int, default=10000)
+    p.add_argument("--edges", type=int, default=2, help="edge hosts per region (0: all)")
     a = p.parse_args()
-    generate(a.directory, a.hosts, a.apps, a.machines)
+    generate(a.directory, a.hosts, a.apps, a.machines, a.edges)
 
 
 if __name__ == "__main__":

@@ -116,15 +116,19 @@ def main() -> None:
     p.add_argument("--hosts", type=int, default=1000)
     p.add_argument("--apps", type=int, default=200)
     p.add_argument("--machines", type=int, default=10000)
+    p.add_argument(
+        "--edges", type=int, default=2, help="edge hosts per region (0: every host is an edge)"
+    )
     a = p.parse_args()
     with tempfile.TemporaryDirectory() as tmp:
-        root = genfleet.generate(Path(tmp) / "fleet", a.hosts, a.apps, a.machines)
+        root = genfleet.generate(Path(tmp) / "fleet", a.hosts, a.apps, a.machines, a.edges)
         fleet = load.load_dir(root)
         snap_path = Path(tmp) / "observed.json"
         snap_path.write_text(observed.dumps(applied_snapshot(fleet)))  # as observe --save
         n_machines = sum(x.machine_count for x in fleet.apps.values())
         print(
-            f"fleet: {len(fleet.hosts)} hosts, {len(fleet.apps)} apps, {n_machines} machines; "
+            f"fleet: {len(fleet.hosts)} hosts ({a.edges or 'all'} edges per region), "
+            f"{len(fleet.apps)} apps, {n_machines} machines; "
             f"snapshot {snap_path.stat().st_size / 2**20:.1f} MiB"
         )
         ten = changed(fleet, 0.10)

@@ -116,6 +116,7 @@ def host(
         wireguard_endpoint=spec.get("wireguard", {}).get("endpoint"),
         private_prefix=ipaddress.IPv6Network(pinned, strict=False) if pinned else None,
         source=source,
+        edge=spec.get("edge"),
     )
 
 

@@ -172,6 +172,23 @@ def slots(fleet: model.Fleet) -> tuple[model.MachineSlot, ...]:
 slot_hash = _hash
 
 
+def edge_hosts(fleet: model.Fleet) -> frozenset[str]:
+    """The hosts that terminate public traffic: route every public app and announce it.
+
+    Per region: the hosts marked ``spec.edge: true`` when any is marked; otherwise
+    every host not marked ``spec.edge: false`` (a small fleet needs no marking,
+    every host is an edge). Large fleets keep a few edges per region: each edge
+    carries a route and an announcement per public app, the other hosts only
+    run machines, reached from the edges over the mesh.
+    """
+    marked: set[str] = {h.region for h in fleet.hosts.values() if h.edge}
+    return frozenset(
+        h.name
+        for h in fleet.hosts.values()
+        if (h.edge is True) or (h.region not in marked and h.edge is not False)
+    )
+
+
 def machine_address(prefix: ipaddress.IPv6Network, slot_id: str) -> ipaddress.IPv6Address:
     """A machine's stable private address inside its host's /64 (never ::0 or ::1)."""
     host_bits = 128 - prefix.prefixlen

@@ -162,6 +162,8 @@ class Host:
     wireguard_endpoint: str | None
     private_prefix: ipaddress.IPv6Network | None
     source: Source | None = None
+    # None: not said; see fleet.compile.edge_hosts for what that means
+    edge: bool | None = None
 
 
 @dataclass(frozen=True, slots=True)

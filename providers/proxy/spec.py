@@ -33,6 +33,8 @@ def app_routes(
     host: str,
     machines: Iterable[t.MachineView],
     settings: t.Settings = DEFAULT_SETTINGS,
+    *,
+    checked: bool = True,
 ) -> tuple[t.Route, ...]:
     """The routes of ``app`` on ``host`` (any host of its region gets the same ones).
 
@@ -41,7 +43,8 @@ def app_routes(
     """
     only = dataclasses.replace(world.fleet, apps={app: world.fleet.apps[app]})
     alone = dataclasses.replace(world, fleet=only)
-    return t.build(alone, host, (m for m in machines if m.slot.app == app), settings).routes
+    mine = (m for m in machines if m.slot.app == app)
+    return t.build(alone, host, mine, settings, checked=checked).routes
 
 
 def to_json(app: str, region: str, routes: Iterable[t.Route]) -> dict[str, Json]:

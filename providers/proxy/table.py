@@ -194,8 +194,15 @@ def build(
     host: str,
     machines: Iterable[MachineView],
     settings: Settings = Settings(),
+    *,
+    checked: bool = True,
 ) -> RoutingTable:
-    """The routing table of ``host`` given every observed machine of the fleet."""
+    """The routing table of ``host`` given every observed machine of the fleet.
+
+    ``checked=False`` skips :func:`check`: for the reconciler, whose input is a
+    validated fleet and whose tables the agent checks again before HAProxy
+    sees them (a plan of a large fleet builds thousands of them).
+    """
     fleet = world.fleet
     region = fleet.hosts[host].region
     latency = fleet.regions[region].latency_ms if region in fleet.regions else {}
@@ -226,9 +233,13 @@ def build(
                     for a in addresses.all()
                 )
                 servers = _servers(
-                    world, service, machines=seen, host=host, region=region, latency=latency
+                    world,
+                    service,
+                    machines=seen,
+                    region=region,
+                    latency=latency,
+                    max_backups=settings.max_backups,
                 )
-                servers = _cap_backups(servers, settings.max_backups)
                 if service.auto_start_machines:
                     stopped = any(m.host == host and m.state is MachineState.STOPPED for m in seen)
                     waker = Server(
@@ -254,7 +265,8 @@ def build(
                     )
                 )
     table = RoutingTable(host, region, tuple(routes))
-    check(table)
+    if checked:
+        check(table)
     return table
 
 
@@ -267,46 +279,54 @@ def _servers(
     service: model.Service,
     *,
     machines: list[MachineView],
-    host: str,
     region: str,
     latency: Mapping[str, int],
+    max_backups: int,
 ) -> tuple[Server, ...]:
+    """Local-region machines (all), then the nearest ``max_backups`` of other regions."""
     local: list[Server] = []
-    remote: list[tuple[int, str, int, Server]] = []
+    remote: list[tuple[int, str, int, MachineView]] = []
     for m in machines:
         if m.state not in (MachineState.HEALTHY, MachineState.DRAINING):
             continue
-        address = m.address
-        if address is None:
-            prefix = world.host_prefixes.get(m.host)
-            if prefix is None:
-                continue  # a host the fleet no longer has: nothing to route to
-            address = str(fleet_compile.machine_address(prefix, m.slot.id))
-        is_local = m.slot.region == region
-        server = Server(
-            name=server_name(m.slot),
-            role=Role.LOCAL if is_local else Role.REMOTE,
-            address=address,
-            port=m.published.get(service.internal_port, service.internal_port),
-            region=m.slot.region,
-            machine=m.slot.id,
-            maxconn=service.concurrency.hard_limit,
-            draining=m.state is MachineState.DRAINING,
-        )
-        if is_local:
-            local.append(server)
+        if m.slot.region == region:
+            server = _server(world, service, m, Role.LOCAL)
+            if server is not None:
+                local.append(server)
         else:
             distance = latency.get(m.slot.region, UNKNOWN_LATENCY_MS)
-            remote.append((distance, m.slot.region, m.slot.index, server))
+            remote.append((distance, m.slot.region, m.slot.index, m))
     local.sort(key=lambda s: s.name)
     remote.sort(key=lambda r: r[:3])
-    return (*local, *(r[3] for r in remote))
+    backups: list[Server] = []
+    for *_, m in remote:
+        if len(backups) >= max_backups:
+            break  # only the nearest few: a server object per machine per region is costly
+        server = _server(world, service, m, Role.REMOTE)
+        if server is not None:
+            backups.append(server)
+    return (*local, *backups)
 
 
-def _cap_backups(servers: tuple[Server, ...], limit: int) -> tuple[Server, ...]:
-    """Keep the nearest ``limit`` remote servers (they come sorted, nearest first)."""
-    remote = [s for s in servers if s.role is Role.REMOTE][:limit]
-    return (*(s for s in servers if s.role is not Role.REMOTE), *remote)
+def _server(
+    world: model.DesiredWorld, service: model.Service, m: MachineView, role: Role
+) -> Server | None:
+    address = m.address
+    if address is None:
+        prefix = world.host_prefixes.get(m.host)
+        if prefix is None:
+            return None  # a host the fleet no longer has: nothing to route to
+        address = str(fleet_compile.machine_address(prefix, m.slot.id))
+    return Server(
+        name=server_name(m.slot),
+        role=role,
+        address=address,
+        port=m.published.get(service.internal_port, service.internal_port),
+        region=m.slot.region,
+        machine=m.slot.id,
+        maxconn=service.concurrency.hard_limit,
+        draining=m.state is MachineState.DRAINING,
+    )
 
 
 def _insert_waker(servers: tuple[Server, ...], waker: Server) -> tuple[Server, ...]:

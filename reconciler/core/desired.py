@@ -275,7 +275,9 @@ class RouteSpecs:
         key = (app, region)
         hit = self._cache.get(key)
         if hit is None:
-            routes = proxy_spec.app_routes(self.world, app, host, self._views.get(app, ()))
+            # unchecked: the fleet is validated, and the agent checks its table again
+            views = self._views.get(app, ())
+            routes = proxy_spec.app_routes(self.world, app, host, views, checked=False)
             spec = proxy_spec.to_json(app, region, routes)
             hit = self._cache[key] = (spec, observed.etag(spec))
         return hit

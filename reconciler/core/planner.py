@@ -223,22 +223,25 @@ def _host_resources(
     fleet = world.fleet
     mesh = _mesh(world, idx, acc)
     routes = desired.RouteSpecs(world, on_host)
-    # Every non-cordoned host is an edge for every public app with anycast
-    # addresses; whether it announces right now is its health gate's call.
-    # Every host (cordoned ones too) routes them: its machines may all be elsewhere.
+    # Every edge host (fleet_compile.edge_hosts: all hosts unless some are marked)
+    # routes every public app with anycast addresses, cordoned ones too: its
+    # machines may all be elsewhere. Non-cordoned edges announce them; whether
+    # they do right now is the host's health gate's call.
     announced = [parts[a] for a in sorted(fleet.apps) if parts[a].public and parts[a].announces]
+    edges = fleet_compile.edge_hosts(fleet)
     for host in sorted(idx.reachable):
         wanted: list[desired.Desired] = []
         apps = on_host.get(host, {})
         refs = sorted({fleet.apps[a].image for a in apps})
         wanted += [desired.image(host, ref) for ref in refs]
-        wanted += [routes.route(host, p.app.name) for p in announced]
-        if not fleet.hosts[host].cordoned:
-            wanted += [p.announcement(host) for p in announced]
         wanted.append(mesh.spec(host))
-        bird = hostnet.bird(world, host)
-        if bird is not None:
-            wanted.append(bird)
+        if host in edges:
+            wanted += [routes.route(host, p.app.name) for p in announced]
+            if not fleet.hosts[host].cordoned:
+                wanted += [p.announcement(host) for p in announced]
+            bird = hostnet.bird(world, host)
+            if bird is not None:
+                wanted.append(bird)
         by_kind: dict[Kind, list[desired.Desired]] = defaultdict(list)
         supported = idx.kinds.get(host) or _LEGACY_KINDS
         skipped: dict[str, int] = defaultdict(int)

@@ -5,6 +5,7 @@ from __future__ import annotations
 import ipaddress
 import json
 from pathlib import Path
+from typing import Any
 
 import jsonschema
 import pytest
@@ -359,3 +360,29 @@ def test_revert_steps_undo_in_reverse(tmp_path: Path) -> None:
     verbs = [(s.verb.value, s.expect is None) for s in steps]
     assert verbs.count(("create", True)) == 2 and verbs.count(("delete", False)) == 2
     assert all(s.id.endswith(":revert") for s in steps)
+
+
+def _mark_edge(doc: dict[str, Any]) -> None:
+    if doc.get("kind") == "Host" and doc["metadata"]["name"] == "ams-1":
+        doc["spec"]["edge"] = True
+
+
+def test_edge_hosts_default_to_every_host_and_marking_narrows_a_region(tmp_path: Path) -> None:
+    everyone = support.load(support.fleet_dir(tmp_path))
+    assert fleet_compile.edge_hosts(everyone) == frozenset(everyone.hosts)
+    marked = support.load(support.fleet_dir(tmp_path, _mark_edge, name="marked"))
+    sea = {h for h, host in marked.hosts.items() if host.region == "sea"}
+    # ams has a marked edge, so only it; sea marked none, so all of its hosts
+    assert fleet_compile.edge_hosts(marked) == frozenset({"ams-1", *sea})
+
+
+def test_only_edge_hosts_get_routes_announcements_and_bird(tmp_path: Path) -> None:
+    fleet = support.load(support.fleet_dir(tmp_path, _mark_edge))
+    p = support.plan(fleet, support.hosts_for(fleet))
+    kinds_on: dict[str, set[str]] = {}
+    for c in p.changes:
+        if c.host is not None:
+            kinds_on.setdefault(c.host, set()).add(c.kind.value)
+    assert {"route", "announcement"} <= kinds_on["ams-1"]
+    assert not kinds_on["ams-2"] & {"route", "announcement", "bgp"}
+    assert "machine" in kinds_on["ams-2"]  # still runs machines, reached over the mesh
