@@ -416,8 +416,13 @@ def down(paths: Paths) -> list[str]:
     names = _existing_namespaces()
     # Processes inside the lab's namespaces were started by the lab (sshd and what
     # came through it): end them by PID before their namespaces go away.
-    pids = sorted({p for n in names for p in _pids_in(n)})
-    _end(pids)
+    # Again until none is left: an agent's supervisor ending at the same moment
+    # may restart a daemon (BIRD, HAProxy) it just saw die, in the same namespace.
+    for _ in range(5):
+        pids = sorted({p for n in names for p in _pids_in(n)})
+        if not pids:
+            break
+        _end(pids)
     for name in names:
         run(["ip", "netns", "del", name], check=False)
         removed.append(name)
