@@ -90,10 +90,28 @@ def persist_seconds(env: Mapping[str, str] | None = None) -> float:
     return max(0.0, value)
 
 
+def _dir_of(env: Mapping[str, str] | None) -> Path:
+    env = os.environ if env is None else env
+    return Path(env.get(ENV_DIR) or Path.home() / ".fleet-state" / "ssh")
+
+
+def end_holder(settings: Settings, env: Mapping[str, str] | None = None) -> Path | None:
+    """Make the holder for ``settings`` exit (it does when its socket goes); creates nothing.
+
+    Returns the socket removed, if there was one. ``lab down`` calls this so a
+    holder of the lab's connections does not outlive the lab.
+    """
+    path = socket_path(settings, _dir_of(env))
+    try:
+        path.unlink()
+    except FileNotFoundError:
+        return None
+    return path
+
+
 def control_dir(env: Mapping[str, str] | None = None) -> Path:
     """The holders' directory: created 0700; refused unless it is ours and private."""
-    env = os.environ if env is None else env
-    d = Path(env.get(ENV_DIR) or Path.home() / ".fleet-state" / "ssh")
+    d = _dir_of(env)
     d.mkdir(mode=0o700, parents=True, exist_ok=True)
     st = d.lstat()
     if not stat.S_ISDIR(st.st_mode) or st.st_uid != os.getuid() or st.st_mode & 0o077:

@@ -36,6 +36,7 @@ from typing import Any
 
 from fleet.errors import LabError
 from reconciler import netns
+from reconciler.hosts import control
 from reconciler.lab import images, routers, tlsca, topology
 from reconciler.lab import paths as lab_paths
 from reconciler.lab.topology import (
@@ -414,6 +415,13 @@ def down(paths: Paths) -> list[str]:
     require_root()
     removed = []
     names = _existing_namespaces()
+    # The SSH connection holder of this lab's commands (it lives in the machine's
+    # namespace with sockets into the lab's) ends with the lab.
+    held = control.end_holder(
+        control.Settings(str(paths.client_key), str(paths.known_hosts), mgmt_netns(paths), 0.0)
+    )
+    if held is not None:
+        removed.append(str(held))
     # Processes inside the lab's namespaces were started by the lab (sshd and what
     # came through it): end them by PID before their namespaces go away.
     # Again until none is left: an agent's supervisor ending at the same moment

@@ -6,12 +6,15 @@ import contextlib
 import io
 import json
 import os
+import shutil
 import subprocess
+import time
+from pathlib import Path
 
 import pytest
 
 from reconciler import cli
-from tests.lab.conftest import Lab
+from tests.lab.conftest import RECONCILE, ROOT, Lab
 
 pytestmark = [pytest.mark.root, pytest.mark.lab]
 
@@ -118,6 +121,16 @@ def test_down_after_a_crash_removes_everything(tmp_path: object) -> None:
     assert again.stdout.strip() == "lab down: nothing to remove"
 
 
+def _runs_with(proc: Path, argument: str) -> bool:
+    """Whether /proc/PID ``proc`` is a process with ``argument`` on its command line."""
+    if not proc.name.isdigit():
+        return False
+    try:
+        return argument.encode() in (proc / "cmdline").read_bytes().split(b"\0")
+    except OSError:
+        return False
+
+
 def _gone(pid: str) -> bool:
     """Ended: no such process, or a zombie its (re)parent has not reaped yet."""
     try:
@@ -142,3 +155,43 @@ def test_without_root_one_clear_line(monkeypatch: pytest.MonkeyPatch) -> None:
         err.getvalue()
         == "error: the lab needs root (network namespaces, veth links, sshd): run it as root\n"
     )
+
+
+def test_down_ends_the_labs_ssh_connection_holder() -> None:
+    if os.geteuid() != 0:
+        pytest.skip("needs root")
+    from tests.lab.conftest import lab_directory
+
+    prefix = f"fh{os.getpid() % 100000}"
+    held = Lab(lab_directory().with_name(lab_directory().name + "-holder"), prefix)
+    control = held.directory.with_name(held.directory.name + "-ssh")
+    env_dir = {"FLEET_SSH_CONTROL_DIR": str(control)}  # outside the lab dir, which down removes
+    holders: list[str] = []
+    try:
+        held.reconcile("lab", "up", "--fleet", "examples")
+        # observe goes through a holder (the hosts have no agent: they answer unreachable)
+        subprocess.run(
+            [RECONCILE, "observe", "--fleet", "examples"],
+            cwd=ROOT, env={**held.env, **env_dir}, capture_output=True, text=True, check=False,
+        )  # fmt: skip
+        sockets = list(control.glob("*.sock"))
+        assert len(sockets) == 1, sockets
+        holders = [p.name for p in Path("/proc").iterdir() if _runs_with(p, str(sockets[0]))]
+        assert holders
+    finally:
+        # the lab's down, told where the operator's holders live
+        down = subprocess.run(
+            [RECONCILE, "lab", "down"],
+            cwd=ROOT, env={**held.env, **env_dir}, capture_output=True, text=True, check=False,
+        )  # fmt: skip
+    try:
+        assert down.returncode == 0, down.stderr
+        assert not list(control.glob("*.sock"))
+        deadline = time.monotonic() + 10
+        while time.monotonic() < deadline and not all(_gone(p) for p in holders):
+            time.sleep(0.1)
+        assert all(_gone(p) for p in holders), holders
+    finally:
+        for sock in control.glob("*.sock"):
+            sock.unlink()  # a holder whose socket goes exits by itself
+        shutil.rmtree(control, ignore_errors=True)
