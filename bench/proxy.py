@@ -44,7 +44,7 @@ from pathlib import Path
 from providers.proxy import haproxy, proxy
 from providers.proxy import table as t
 
-BACKEND_CFG = """
+_HEAD = """
 global
     nbthread 1
 defaults
@@ -52,28 +52,28 @@ defaults
     timeout connect 2s
     timeout client 30s
     timeout server 30s
-frontend b1
+"""
+
+BACKEND_CFG = (
+    _HEAD
+    + """frontend b1
     bind 127.0.0.1:{p1}
     http-request return status 200 content-type text/plain string "b1"
 frontend b2
     bind 127.0.0.1:{p2}
     http-request return status 200 content-type text/plain string "b2"
 """
+)
 
-MINIMAL_CFG = """
-global
-    nbthread 1
-defaults
-    mode http
-    timeout connect 2s
-    timeout client 30s
-    timeout server 30s
-frontend fe
+MINIMAL_CFG = (
+    _HEAD
+    + """frontend fe
     bind 127.0.0.1:{port}
     default_backend be
 backend be
     server s1 127.0.0.1:{backend}
 """
+)
 
 
 def free_port() -> int:

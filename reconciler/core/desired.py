@@ -38,6 +38,19 @@ class Desired:
     app: str | None = None
 
 
+def on_host(
+    host: str,
+    kind: resources.Kind,
+    rid: str,
+    spec: Mapping[str, Json],
+    etag: str,
+    *,
+    app: str | None = None,
+) -> Desired:
+    """A host-level resource, its address derived from host, kind and id."""
+    return Desired(address.host_resource(host, kind, rid), kind, host, rid, spec, etag, app)
+
+
 def app_machine_base(app: model.App) -> dict[str, Json]:
     """The spec fields every machine of ``app`` shares."""
     vm = app.vm
@@ -225,15 +238,9 @@ class AppParts:
         return spec
 
     def announcement(self, host: str) -> Desired:
-        return Desired(
-            address.host_resource(host, resources.Kind.ANNOUNCEMENT, self.app.name),
-            resources.Kind.ANNOUNCEMENT,
-            host,
-            self.app.name,
-            self.announcement_spec,
-            self.announcement_etag,
-            self.app.name,
-        )
+        name = self.app.name
+        kind = resources.Kind.ANNOUNCEMENT
+        return on_host(host, kind, name, self.announcement_spec, self.announcement_etag, app=name)
 
 
 class RouteSpecs:
@@ -284,15 +291,7 @@ class RouteSpecs:
 
     def route(self, host: str, app: str) -> Desired:
         spec, tag = self.spec(app, host)
-        return Desired(
-            address.host_resource(host, resources.Kind.ROUTE, app),
-            resources.Kind.ROUTE,
-            host,
-            app,
-            spec,
-            tag,
-            app,
-        )
+        return on_host(host, resources.Kind.ROUTE, app, spec, tag, app=app)
 
 
 def instance_id(slot: model.MachineSlot, etag: str) -> str:
@@ -306,16 +305,7 @@ def _image_etag(ref: str) -> str:
 
 
 def image(host: str, ref: str) -> Desired:
-    spec = {"ref": ref}
-    etag = _image_etag(ref)
-    return Desired(
-        address.host_resource(host, resources.Kind.IMAGE, ref),
-        resources.Kind.IMAGE,
-        host,
-        ref,
-        spec,
-        etag,
-    )
+    return on_host(host, resources.Kind.IMAGE, ref, {"ref": ref}, _image_etag(ref))
 
 
 def serves_publicly(app: model.App) -> bool:

@@ -32,7 +32,7 @@ from typing import Any
 from fleet import model
 from providers import resources
 from providers.network import addressing, bgp, wireguard
-from reconciler.core import address, desired, observed
+from reconciler.core import desired, observed
 
 Json = Any
 MESH_ID = "mesh"
@@ -117,14 +117,7 @@ class MeshParts:
         etag = observed.digest_text(f"{observed.canonical(base)}|{digest:064x}")
         spec = dict(base)
         spec["peers"] = [p.spec for h, p in self.peers.items() if h != host]
-        return desired.Desired(
-            address.host_resource(host, resources.Kind.WIREGUARD, MESH_ID),
-            resources.Kind.WIREGUARD,
-            host,
-            MESH_ID,
-            spec,
-            etag,
-        )
+        return desired.on_host(host, resources.Kind.WIREGUARD, MESH_ID, spec, etag)
 
 
 def bird(world: model.DesiredWorld, host: str) -> desired.Desired | None:
@@ -145,11 +138,4 @@ def bird(world: model.DesiredWorld, host: str) -> desired.Desired | None:
         ],
         "pools": [str(p) for p in network.anycast_pools],
     }
-    return desired.Desired(
-        address.host_resource(host, resources.Kind.BGP, BIRD_ID),
-        resources.Kind.BGP,
-        host,
-        BIRD_ID,
-        spec,
-        observed.etag(spec),
-    )
+    return desired.on_host(host, resources.Kind.BGP, BIRD_ID, spec, observed.etag(spec))
