@@ -11,7 +11,7 @@ from __future__ import annotations
 import functools
 import ipaddress
 import socket
-from collections.abc import Mapping
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 from typing import Any
 
@@ -254,27 +254,70 @@ class RouteSpecs:
     Machines enter as servers from the desired placement; the plan orders a
     route's update after the health gates of the machines it adds
     (:mod:`reconciler.core.rollout`).
+
+    Cost: a table build walks the machines it is given, so each (app, region)
+    build gets only the machines it can pick (:meth:`_candidates`): the
+    region's own, then, nearest region first, the lowest-index machines of
+    other regions until ``max_backups`` are in hand. 200 apps x 10 regions of a
+    10,000-machine fleet then walk ~10 machines per build instead of ~50.
     """
 
     def __init__(
         self,
         world: model.DesiredWorld,
-        on_host: Mapping[str, Mapping[str, list[str]]],
+        on_host: Mapping[str, Mapping[str, Iterable[str]]],
+        addresses: Mapping[str, str] | None = None,
     ) -> None:
+        """``on_host``: host -> app -> slot keys; ``addresses``: slot id -> private address text.
+
+        A slot missing from ``addresses`` gets its address computed here.
+        """
         self.world = world
-        self._views: dict[str, list[proxy_table.MachineView]] = {}
+        # app -> region -> the app's machines there, by slot index
+        self._views: dict[str, dict[str, list[proxy_table.MachineView]]] = {}
         healthy = proxy_table.MachineState.HEALTHY
+        known = addresses or {}
         for host, apps in on_host.items():
             prefix = world.host_prefixes[host]
             for app, keys in apps.items():
-                views = self._views.setdefault(app, [])
+                regions = self._views.setdefault(app, {})
                 for key in keys:
                     region, _, index = key.rpartition("#")
                     slot = model.MachineSlot(app, region, int(index))
-                    # the address once per machine (fast text), not once per region's table
-                    addr = v6_text(int(fleet_compile.machine_address(prefix, f"{app}/{key}")))
-                    views.append(proxy_table.MachineView(slot, host, healthy, addr))
+                    slot_id = f"{app}/{key}"
+                    addr = known.get(slot_id)
+                    if addr is None:  # the address once per machine, not once per region
+                        addr = v6_text(int(fleet_compile.machine_address(prefix, slot_id)))
+                    view = proxy_table.MachineView(slot, host, healthy, addr)
+                    regions.setdefault(region, []).append(view)
+        for regions in self._views.values():
+            for views in regions.values():
+                views.sort(key=_slot_index)
         self._cache: dict[tuple[str, str], tuple[dict[str, Json], str]] = {}
+
+    def _candidates(self, app: str, region: str) -> list[proxy_table.MachineView]:
+        """The machines an (app, region) table can route to: local ones, then the nearest backups.
+
+        The table takes every healthy local machine and, as backups, the first
+        ``max_backups`` machines of other regions ordered by (latency, region,
+        index): a region's lowest indexes, nearest regions first. Those are
+        all given here; the rest could never be chosen.
+        """
+        regions = self._views.get(app, {})
+        out = list(regions.get(region, ()))
+        fleet = self.world.fleet
+        latency = fleet.regions[region].latency_ms if region in fleet.regions else {}
+        want = _SETTINGS.max_backups
+        unknown = proxy_table.UNKNOWN_LATENCY_MS
+        nearest = sorted((latency.get(r, unknown), r) for r in regions if r != region)
+        taken = 0
+        for _, other in nearest:
+            if taken >= want:
+                break
+            picked = regions[other][:want]
+            out += picked
+            taken += len(picked)
+        return out
 
     def spec(self, app: str, host: str) -> tuple[dict[str, Json], str]:
         """The route spec of ``app`` on ``host`` and its etag."""
@@ -283,7 +326,7 @@ class RouteSpecs:
         hit = self._cache.get(key)
         if hit is None:
             # unchecked: the fleet is validated, and the agent checks its table again
-            views = self._views.get(app, ())
+            views = self._candidates(app, region)
             routes = proxy_spec.app_routes(self.world, app, host, views, checked=False)
             spec = proxy_spec.to_json(app, region, routes)
             hit = self._cache[key] = (spec, observed.etag(spec))
@@ -292,6 +335,13 @@ class RouteSpecs:
     def route(self, host: str, app: str) -> Desired:
         spec, tag = self.spec(app, host)
         return on_host(host, resources.Kind.ROUTE, app, spec, tag, app=app)
+
+
+_SETTINGS = proxy_spec.DEFAULT_SETTINGS
+
+
+def _slot_index(view: proxy_table.MachineView) -> int:
+    return view.slot.index
 
 
 def instance_id(slot: model.MachineSlot, etag: str) -> str:

@@ -222,7 +222,7 @@ def _host_resources(
 ) -> None:
     fleet = world.fleet
     mesh = _mesh(world, idx, acc)
-    routes = desired.RouteSpecs(world, on_host)
+    routes = desired.RouteSpecs(world, on_host, acc.addresses)
     # Every edge host (fleet_compile.edge_hosts: all hosts unless some are marked)
     # routes every public app with anycast addresses, cordoned ones too: its
     # machines may all be elsewhere. Non-cordoned edges announce them; whether

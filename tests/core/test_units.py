@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import ipaddress
 import json
 from pathlib import Path
@@ -13,9 +14,12 @@ import support
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
+from bench import genfleet
 from fleet import compile as fleet_compile
 from fleet.errors import FleetError, PlanError, ProtocolError
 from providers import resources
+from providers.proxy import spec as proxy_spec
+from providers.proxy import table as proxy_table
 from reconciler.core import desired, diff, observed, planfile, rollout, schedule, specpool
 from reconciler.state import sqlite
 
@@ -386,3 +390,52 @@ def test_only_edge_hosts_get_routes_announcements_and_bird(tmp_path: Path) -> No
     assert {"route", "announcement"} <= kinds_on["ams-1"]
     assert not kinds_on["ams-2"] & {"route", "announcement", "bgp"}
     assert "machine" in kinds_on["ams-2"]  # still runs machines, reached over the mesh
+
+
+def test_route_specs_from_candidates_equal_the_table_of_every_machine(tmp_path: Path) -> None:
+    """RouteSpecs hands each table build only the machines it can pick; the specs must not change.
+
+    Latencies with ties, a region missing from a latency map (unknown: last)
+    and regions with fewer machines than ``max_backups`` all occur here.
+    """
+    fleet = support.load(genfleet.generate(tmp_path / "fleet", 40, 12, 130, 1))
+    names = sorted(fleet.regions)
+    regions = {
+        name: dataclasses.replace(
+            region,
+            latency_ms={o: (7 * i + 3 * j) % 4 * 10 for j, o in enumerate(names) if j % 5 != 1},
+        )
+        for i, (name, region) in enumerate(sorted(fleet.regions.items()))
+    }
+    fleet = dataclasses.replace(fleet, regions=regions)
+    world = fleet_compile.compile_world(fleet)
+    placement = schedule.place(world, {}, {}, [])
+    on_host: dict[str, dict[str, list[str]]] = {}
+    for slot in world.slots:
+        on_host.setdefault(placement.hosts[slot.id], {}).setdefault(slot.app, []).append(slot.key)
+    routes = desired.RouteSpecs(world, on_host)
+    every = [
+        proxy_table.MachineView(
+            slot,
+            placement.hosts[slot.id],
+            proxy_table.MachineState.HEALTHY,
+            str(
+                fleet_compile.machine_address(
+                    world.host_prefixes[placement.hosts[slot.id]], slot.id
+                )
+            ),
+        )
+        for slot in world.slots
+    ]
+    compared = 0
+    for app in sorted(fleet.apps):
+        for region in names:
+            host = next(h.name for h in fleet.hosts.values() if h.region == region)
+            mine = [m for m in every if m.slot.app == app]
+            table = proxy_spec.app_routes(world, app, host, mine, checked=False)
+            expected = proxy_spec.to_json(app, region, table)
+            spec, tag = routes.spec(app, host)
+            assert spec == expected, (app, region)
+            assert tag == observed.etag(expected)
+            compared += sum(len(r["servers"]) for r in expected["routes"].values())
+    assert compared > 12 * len(names) * 3  # backups were really chosen
