@@ -8,6 +8,7 @@ has a few hundred distinct apps), then each slot adds its own fields.
 
 from __future__ import annotations
 
+import dataclasses
 import functools
 import ipaddress
 import socket
@@ -294,6 +295,7 @@ class RouteSpecs:
             for views in regions.values():
                 views.sort(key=_slot_index)
         self._cache: dict[tuple[str, str], tuple[dict[str, Json], str]] = {}
+        self._alone_worlds: dict[str, model.DesiredWorld] = {}
 
     def _candidates(self, app: str, region: str) -> list[proxy_table.MachineView]:
         """The machines an (app, region) table can route to: local ones, then the nearest backups.
@@ -319,6 +321,25 @@ class RouteSpecs:
             taken += len(picked)
         return out
 
+    def _alone(self, app: str) -> model.DesiredWorld:
+        """The world of ``app`` alone, as :func:`providers.proxy.spec.app_routes` builds it.
+
+        Made once per app, not once per (app, region); its anycast addresses
+        keep their text, which a table build writes for every listener.
+        """
+        alone = self._alone_worlds.get(app)
+        if alone is None:
+            world = self.world
+            only = dataclasses.replace(world.fleet, apps={app: world.fleet.apps[app]})
+            addrs = world.anycast[app]
+            texted = model.AppAddresses(
+                _V4Text(addrs.ipv4) if addrs.ipv4 is not None else None,
+                _V6Text(addrs.ipv6) if addrs.ipv6 is not None else None,
+            )
+            alone = dataclasses.replace(world, fleet=only, anycast={app: texted})
+            self._alone_worlds[app] = alone
+        return alone
+
     def spec(self, app: str, host: str) -> tuple[dict[str, Json], str]:
         """The route spec of ``app`` on ``host`` and its etag."""
         region = self.world.fleet.hosts[host].region
@@ -327,8 +348,8 @@ class RouteSpecs:
         if hit is None:
             # unchecked: the fleet is validated, and the agent checks its table again
             views = self._candidates(app, region)
-            routes = proxy_spec.app_routes(self.world, app, host, views, checked=False)
-            spec = proxy_spec.to_json(app, region, routes)
+            table = proxy_table.build(self._alone(app), host, views, checked=False)
+            spec = proxy_spec.to_json(app, region, table.routes)
             hit = self._cache[key] = (spec, observed.etag(spec))
         return hit
 
@@ -338,6 +359,32 @@ class RouteSpecs:
 
 
 _SETTINGS = proxy_spec.DEFAULT_SETTINGS
+
+
+class _V4Text(ipaddress.IPv4Address):
+    """An IPv4 address whose text is made once (``str`` of one is Python work each time)."""
+
+    __slots__ = ("_text",)
+
+    def __init__(self, address: ipaddress.IPv4Address) -> None:
+        super().__init__(int(address))
+        self._text = super().__str__()
+
+    def __str__(self) -> str:
+        return self._text
+
+
+class _V6Text(ipaddress.IPv6Address):
+    """An IPv6 address whose text is made once."""
+
+    __slots__ = ("_text",)
+
+    def __init__(self, address: ipaddress.IPv6Address) -> None:
+        super().__init__(int(address))
+        self._text = super().__str__()
+
+    def __str__(self) -> str:
+        return self._text
 
 
 def _slot_index(view: proxy_table.MachineView) -> int:
