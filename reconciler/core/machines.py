@@ -52,6 +52,7 @@ def plan_machines(
     no_found: list[tuple[str, observed.Resource]] = []
     bits: dict[str, desired.HostBits] = {}  # host -> its prefix as ints, once per host
     addresses = acc.addresses
+    last_app = ""
     for slot in world.slots:
         slot_id = slot.id  # a property that formats a string: once per slot
         wanted.add(slot_id)
@@ -63,8 +64,8 @@ def plan_machines(
             continue
         host = hosts[slot_id]
         on_host[host][app_name].append(slot_key)
-        app = fleet.apps[app_name]
-        app_parts = parts[app_name]
+        if app_name != last_app:  # slots come ordered by app: its lookups once per app
+            last_app, app, app_parts = app_name, fleet.apps[app_name], parts[app_name]
         host_bits = bits.get(host)
         if host_bits is None:
             host_bits = bits[host] = desired.host_bits(prefixes[host])
@@ -291,11 +292,11 @@ def _unchanged_machine(
     if state in (observed.RunState.STOPPED, observed.RunState.FAILED):
         allowed = desired.auto_stop(app) is not model.AutoStop.OFF
         if state is observed.RunState.STOPPED and allowed:
-            acc.noops.append(P.Noop(addr, f"stopped by auto-stop on {host} (app allows it)"))
+            acc.noops.append(P.noop(addr, f"stopped by auto-stop on {host} (app allows it)"))
             return
         policy = resources.rules(Kind.MACHINE).drift
         if policy is resources.DriftPolicy.IGNORE:
-            acc.noops.append(P.Noop(addr, f"{state} on {host}; drift ignored by policy"))
+            acc.noops.append(P.noop(addr, f"{state} on {host}; drift ignored by policy"))
             return
         if policy is resources.DriftPolicy.WARN:
             acc.warnings.append(P.Warning(addr, f"drift: machine is {state} on {host}"))
@@ -329,4 +330,4 @@ def _unchanged_machine(
         return
     if r.status.health is observed.Health.CRITICAL:
         acc.warnings.append(P.Warning(addr, f"health checks failing on {host}"))
-    acc.noops.append(P.Noop(addr, f"already running image {image} on {host} ({r.etag})"))
+    acc.noops.append(P.noop(addr, f"already running image {image} on {host} ({r.etag})"))

@@ -338,7 +338,7 @@ def _reconcile_kind(
             continue
         if r.etag == d.etag and (r.actual is None or rules.drift is resources.DriftPolicy.IGNORE):
             # The common case, settled without building the update step it will not need.
-            acc.noops.append(P.Noop(d.address, noop_text.format(id=d.id)))
+            acc.noops.append(P.noop(d.address, noop_text.format(id=d.id)))
             continue
         update_step = _update_step(host, kind, d, r)
         if r.etag != d.etag:
@@ -380,7 +380,7 @@ def _reconcile_kind(
         elif drifted and rules.drift is resources.DriftPolicy.WARN:
             acc.warnings.append(P.Warning(d.address, "drift: live state differs from last applied"))
         else:
-            acc.noops.append(P.Noop(d.address, noop_text.format(id=d.id)))
+            acc.noops.append(P.noop(d.address, noop_text.format(id=d.id)))
     for rid in sorted(seen.keys() - {d.id for d in wanted}):
         r = seen[rid]
         addr = address.host_resource(host, kind, rid)

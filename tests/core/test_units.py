@@ -20,7 +20,7 @@ from fleet.errors import FleetError, PlanError, ProtocolError
 from providers import resources
 from providers.proxy import spec as proxy_spec
 from providers.proxy import table as proxy_table
-from reconciler.core import desired, diff, observed, planfile, rollout, schedule, specpool
+from reconciler.core import desired, diff, frozen, observed, planfile, rollout, schedule, specpool
 from reconciler.state import sqlite
 
 SCHEMA = json.loads(
@@ -439,3 +439,17 @@ def test_route_specs_from_candidates_equal_the_table_of_every_machine(tmp_path: 
             assert tag == observed.etag(expected)
             compared += sum(len(r["servers"]) for r in expected["routes"].values())
     assert compared > 12 * len(names) * 3  # backups were really chosen
+
+
+def test_fast_makers_build_the_same_frozen_objects() -> None:
+    make = frozen.maker(desired.Desired)
+    spec = {"ref": "x"}
+    fast = make("host.h/image[x]", resources.Kind.IMAGE, "h", "x", spec, "sha256:1", None)
+    assert fast == desired.Desired(
+        "host.h/image[x]", resources.Kind.IMAGE, "h", "x", spec, "sha256:1", None
+    )
+    assert desired.on_host("h", resources.Kind.IMAGE, "x", spec, "sha256:1") == fast
+    with pytest.raises(dataclasses.FrozenInstanceError):
+        fast.etag = "other"  # type: ignore[misc]
+    with pytest.raises(TypeError, match="not a frozen"):
+        frozen.maker(schedule._Free)
