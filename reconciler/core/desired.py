@@ -14,6 +14,7 @@ import ipaddress
 import socket
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
+from types import MappingProxyType
 from typing import Any
 
 from fleet import compile as fleet_compile
@@ -267,38 +268,42 @@ class RouteSpecs:
     """
 
     def __init__(
-        self,
-        world: model.DesiredWorld,
-        on_host: Mapping[str, Mapping[str, Iterable[str]]],
-        addresses: Mapping[str, str] | None = None,
+        self, world: model.DesiredWorld, placed: Iterable[tuple[str, model.MachineSlot, str]]
     ) -> None:
-        """``on_host``: host -> app -> slot keys; ``addresses``: slot id -> private address text.
-
-        A slot missing from ``addresses`` gets its address computed here.
-        """
+        """``placed``: every desired machine as (host, slot, private address text)."""
         self.world = world
         # app -> region -> the app's machines there, by slot index
         self._views: dict[str, dict[str, list[proxy_table.MachineView]]] = {}
         healthy = proxy_table.MachineState.HEALTHY
-        known = addresses or {}
-        for host, apps in on_host.items():
-            prefix = world.host_prefixes[host]
-            for app, keys in apps.items():
-                regions = self._views.setdefault(app, {})
-                for key in keys:
-                    region, _, index = key.rpartition("#")
-                    slot = model.MachineSlot(app, region, int(index))
-                    slot_id = f"{app}/{key}"
-                    addr = known.get(slot_id)
-                    if addr is None:  # the address once per machine, not once per region
-                        addr = v6_text(int(fleet_compile.machine_address(prefix, slot_id)))
-                    view = proxy_table.MachineView(slot, host, healthy, addr)
-                    regions.setdefault(region, []).append(view)
+        for host, slot, addr in placed:
+            regions = self._views.get(slot.app)
+            if regions is None:
+                regions = self._views[slot.app] = {}
+            views = regions.get(slot.region)
+            if views is None:
+                views = regions[slot.region] = []
+            views.append(_view(slot, host, healthy, addr, _NO_PORTS))
         for regions in self._views.values():
             for views in regions.values():
                 views.sort(key=_slot_index)
         self._cache: dict[tuple[str, str], tuple[dict[str, Json], str]] = {}
         self._alone_worlds: dict[str, model.DesiredWorld] = {}
+
+    @classmethod
+    def of_keys(
+        cls, world: model.DesiredWorld, on_host: Mapping[str, Mapping[str, Iterable[str]]]
+    ) -> RouteSpecs:
+        """From host -> app -> slot keys (``ams#1``), each address computed here."""
+        placed = []
+        for host, apps in on_host.items():
+            prefix = world.host_prefixes[host]
+            for app, keys in apps.items():
+                for key in keys:
+                    region, _, index = key.rpartition("#")
+                    slot = model.MachineSlot(app, region, int(index))
+                    addr = v6_text(int(fleet_compile.machine_address(prefix, slot.id)))
+                    placed.append((host, slot, addr))
+        return cls(world, placed)
 
     def _candidates(self, app: str, region: str) -> list[proxy_table.MachineView]:
         """The machines an (app, region) table can route to: local ones, then the nearest backups.
@@ -362,6 +367,8 @@ class RouteSpecs:
 
 
 _SETTINGS = proxy_spec.DEFAULT_SETTINGS
+_NO_PORTS: Mapping[int, int] = MappingProxyType({})
+_view = frozen.maker(proxy_table.MachineView)  # MachineView(...) with every field, faster
 
 
 class _V4Text(ipaddress.IPv4Address):

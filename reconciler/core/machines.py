@@ -31,7 +31,8 @@ class Acc:
     noops: list[P.Noop] = field(default_factory=list)
     deferred: list[P.Deferred] = field(default_factory=list)
     warnings: list[P.Warning] = field(default_factory=list)
-    addresses: dict[str, str] = field(default_factory=dict)  # slot id -> its private address
+    # every desired machine placed: (host, slot, its private address)
+    placed: list[tuple[str, model.MachineSlot, str]] = field(default_factory=list)
 
     def add(self, change: P.Change, *steps: P.Step) -> None:
         self.works.append(rollout.Work(change, list(steps)))
@@ -51,7 +52,7 @@ def plan_machines(
     deferred, hosts, prefixes = placement.deferred, placement.hosts, world.host_prefixes
     no_found: list[tuple[str, observed.Resource]] = []
     bits: dict[str, desired.HostBits] = {}  # host -> its prefix as ints, once per host
-    addresses = acc.addresses
+    placed = acc.placed
     last_app = ""
     for slot in world.slots:
         slot_id = slot.id  # a property that formats a string: once per slot
@@ -70,7 +71,7 @@ def plan_machines(
         if host_bits is None:
             host_bits = bits[host] = desired.host_bits(prefixes[host])
         address_text, tag = app_parts.machine_etag(slot.region, host_bits, slot_id, slot_key)
-        addresses[slot_id] = address_text
+        placed.append((host, slot, address_text))
         found = observed_machines.get(slot_id, no_found)
         if len(found) == 1 and found[0][0] == host and found[0][1].etag == tag:
             # The common case, as _machine would settle it: one instance, in place, same

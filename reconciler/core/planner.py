@@ -222,7 +222,7 @@ def _host_resources(
 ) -> None:
     fleet = world.fleet
     mesh = _mesh(world, idx, acc)
-    routes = desired.RouteSpecs(world, on_host, acc.addresses)
+    routes = desired.RouteSpecs(world, acc.placed)
     # Every edge host (fleet_compile.edge_hosts: all hosts unless some are marked)
     # routes every public app with anycast addresses, cordoned ones too: its
     # machines may all be elsewhere. Non-cordoned edges announce them; whether
@@ -246,7 +246,7 @@ def _host_resources(
         supported = idx.kinds.get(host) or _LEGACY_KINDS
         skipped: dict[str, int] = defaultdict(int)
         for d in wanted:
-            if d.kind.value not in supported:
+            if d.kind not in supported:  # a StrEnum is its value in a set of str
                 # Never guess: a host whose agent cannot hold this kind gets no step
                 # for it, and the plan says so (once per host and kind).
                 skipped[d.kind.value] += 1

@@ -211,7 +211,7 @@ def test_fast_etags_equal_the_canonical_etag(tmp_path: Path) -> None:
         address = fleet_compile.machine_address(world.host_prefixes["ams-1"], slot.id)
         assert spec["address"] == str(address)
     on_host = {"ams-1": {"hello": ["ams#1"]}, "sea-1": {"hello": ["sea#1"]}}
-    routes = desired.RouteSpecs(world, on_host)
+    routes = desired.RouteSpecs.of_keys(world, on_host)
     for host in ("ams-1", "ams-2", "sea-1"):
         route = routes.route(host, "hello")
         assert route.etag == observed.etag(route.spec)
@@ -223,7 +223,7 @@ def test_route_specs_are_per_region_local_first_then_backups_over_the_mesh(
     fleet = support.load(support.fleet_dir(tmp_path))
     world = fleet_compile.compile_world(fleet)
     on_host = {"ams-1": {"hello": ["ams#1"]}, "sea-1": {"hello": ["sea#1"]}}
-    routes = desired.RouteSpecs(world, on_host)
+    routes = desired.RouteSpecs.of_keys(world, on_host)
     ams1, ams2, sea2 = (routes.route(h, "hello") for h in ("ams-1", "ams-2", "sea-2"))
     assert ams1.spec is ams2.spec and ams1.etag == ams2.etag  # shared by the region's hosts
     assert sea2.etag != ams1.etag
@@ -413,7 +413,7 @@ def test_route_specs_from_candidates_equal_the_table_of_every_machine(tmp_path: 
     on_host: dict[str, dict[str, list[str]]] = {}
     for slot in world.slots:
         on_host.setdefault(placement.hosts[slot.id], {}).setdefault(slot.app, []).append(slot.key)
-    routes = desired.RouteSpecs(world, on_host)
+    routes = desired.RouteSpecs.of_keys(world, on_host)
     every = [
         proxy_table.MachineView(
             slot,
