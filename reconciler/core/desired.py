@@ -356,7 +356,7 @@ class RouteSpecs:
         if hit is None:
             # unchecked: the fleet is validated, and the agent checks its table again
             views = self._candidates(app, region)
-            table = proxy_table.build(self._alone(app), host, views, checked=False)
+            table = proxy_table.build(self._alone(app), host, views, _SETTINGS, checked=False)
             spec = proxy_spec.to_json(app, region, table.routes)
             hit = self._cache[key] = (spec, observed.etag(spec))
         return hit
