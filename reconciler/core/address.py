@@ -42,7 +42,11 @@ def machine_slot(resource_id: str, spec: Mapping[str, object]) -> tuple[str, str
 
 
 def host_resource(host: str, kind: resources.Kind | str, ident: str) -> str:
-    return f"host.{host}/{kind}[{ident}]"
+    return f"host.{host}/{_KIND_TEXT.get(kind, kind)}[{ident}]"
+
+
+# A kind's text by lookup: formatting the StrEnum itself costs twice as much, per resource.
+_KIND_TEXT: Mapping[resources.Kind | str, str] = {k: k.value for k in resources.Kind}
 
 
 def matches(selector: str, address: str, hosts: tuple[str, ...] = ()) -> bool:

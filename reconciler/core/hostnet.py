@@ -98,6 +98,10 @@ class MeshParts:
             self.peers[host] = _PeerText(spec, digest)
             total += digest
         self.total = total % _MOD
+        # every peer spec in host order, and each host's place in it: a host's peer list
+        # is this list without its own entry (two C slices, not a walk of every peer)
+        self.peer_specs = [p.spec for p in self.peers.values()]
+        self.place = {h: i for i, h in enumerate(self.peers)}
         self.route = str(addressing.fleet_prefix(world))
 
     def spec(self, host: str) -> desired.Desired:
@@ -116,7 +120,8 @@ class MeshParts:
         digest = (self.total - (own.digest if own else 0)) % _MOD
         etag = observed.digest_text(f"{observed.canonical(base)}|{digest:064x}")
         spec = dict(base)
-        spec["peers"] = [p.spec for h, p in self.peers.items() if h != host]
+        specs, at = self.peer_specs, self.place.get(host)
+        spec["peers"] = specs.copy() if at is None else specs[:at] + specs[at + 1 :]
         return desired.on_host(host, resources.Kind.WIREGUARD, MESH_ID, spec, etag)
 
 

@@ -31,6 +31,8 @@ class Acc:
     noops: list[P.Noop] = field(default_factory=list)
     deferred: list[P.Deferred] = field(default_factory=list)
     warnings: list[P.Warning] = field(default_factory=list)
+    # every desired machine placed: (host, slot, its private address)
+    placed: list[tuple[str, model.MachineSlot, str]] = field(default_factory=list)
 
     def add(self, change: P.Change, *steps: P.Step) -> None:
         self.works.append(rollout.Work(change, list(steps)))
@@ -50,6 +52,8 @@ def plan_machines(
     deferred, hosts, prefixes = placement.deferred, placement.hosts, world.host_prefixes
     no_found: list[tuple[str, observed.Resource]] = []
     bits: dict[str, desired.HostBits] = {}  # host -> its prefix as ints, once per host
+    placed = acc.placed
+    last_app = ""
     for slot in world.slots:
         slot_id = slot.id  # a property that formats a string: once per slot
         wanted.add(slot_id)
@@ -61,12 +65,13 @@ def plan_machines(
             continue
         host = hosts[slot_id]
         on_host[host][app_name].append(slot_key)
-        app = fleet.apps[app_name]
-        app_parts = parts[app_name]
+        if app_name != last_app:  # slots come ordered by app: its lookups once per app
+            last_app, app, app_parts = app_name, fleet.apps[app_name], parts[app_name]
         host_bits = bits.get(host)
         if host_bits is None:
             host_bits = bits[host] = desired.host_bits(prefixes[host])
         address_text, tag = app_parts.machine_etag(slot.region, host_bits, slot_id, slot_key)
+        placed.append((host, slot, address_text))
         found = observed_machines.get(slot_id, no_found)
         if len(found) == 1 and found[0][0] == host and found[0][1].etag == tag:
             # The common case, as _machine would settle it: one instance, in place, same
@@ -288,11 +293,11 @@ def _unchanged_machine(
     if state in (observed.RunState.STOPPED, observed.RunState.FAILED):
         allowed = desired.auto_stop(app) is not model.AutoStop.OFF
         if state is observed.RunState.STOPPED and allowed:
-            acc.noops.append(P.Noop(addr, f"stopped by auto-stop on {host} (app allows it)"))
+            acc.noops.append(P.noop(addr, f"stopped by auto-stop on {host} (app allows it)"))
             return
         policy = resources.rules(Kind.MACHINE).drift
         if policy is resources.DriftPolicy.IGNORE:
-            acc.noops.append(P.Noop(addr, f"{state} on {host}; drift ignored by policy"))
+            acc.noops.append(P.noop(addr, f"{state} on {host}; drift ignored by policy"))
             return
         if policy is resources.DriftPolicy.WARN:
             acc.warnings.append(P.Warning(addr, f"drift: machine is {state} on {host}"))
@@ -326,4 +331,4 @@ def _unchanged_machine(
         return
     if r.status.health is observed.Health.CRITICAL:
         acc.warnings.append(P.Warning(addr, f"health checks failing on {host}"))
-    acc.noops.append(P.Noop(addr, f"already running image {image} on {host} ({r.etag})"))
+    acc.noops.append(P.noop(addr, f"already running image {image} on {host} ({r.etag})"))

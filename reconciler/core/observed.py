@@ -375,12 +375,14 @@ def _resource_fast(raw: Json, pool: specpool.SpecPool | None = None) -> Resource
         ref = get("spec_ref")
         if type(ref) is not str:
             return None
-        spec = _new_pooled(_PooledSpec)  # PooledSpec(pool, ref), faster
-        _p_pool(spec, pool)
-        _p_ref(spec, ref)
-        _p_refs(spec, None)
-        _p_at(spec, None)
-        _p_dict(spec, None)
+        spec = pool.specs.get(ref)  # equal specs share one PooledSpec (read-only, decoded once)
+        if spec is None:
+            spec = pool.specs[ref] = _new_pooled(_PooledSpec)  # PooledSpec(pool, ref), faster
+            _p_pool(spec, pool)
+            _p_ref(spec, ref)
+            _p_refs(spec, None)
+            _p_at(spec, None)
+            _p_dict(spec, None)
     status_raw = get("status")
     actual = get("actual")
     if (

@@ -222,7 +222,7 @@ def _host_resources(
 ) -> None:
     fleet = world.fleet
     mesh = _mesh(world, idx, acc)
-    routes = desired.RouteSpecs(world, on_host)
+    routes = desired.RouteSpecs(world, acc.placed)
     # Every edge host (fleet_compile.edge_hosts: all hosts unless some are marked)
     # routes every public app with anycast addresses, cordoned ones too: its
     # machines may all be elsewhere. Non-cordoned edges announce them; whether
@@ -246,7 +246,7 @@ def _host_resources(
         supported = idx.kinds.get(host) or _LEGACY_KINDS
         skipped: dict[str, int] = defaultdict(int)
         for d in wanted:
-            if d.kind.value not in supported:
+            if d.kind not in supported:  # a StrEnum is its value in a set of str
                 # Never guess: a host whose agent cannot hold this kind gets no step
                 # for it, and the plan says so (once per host and kind).
                 skipped[d.kind.value] += 1
@@ -338,7 +338,7 @@ def _reconcile_kind(
             continue
         if r.etag == d.etag and (r.actual is None or rules.drift is resources.DriftPolicy.IGNORE):
             # The common case, settled without building the update step it will not need.
-            acc.noops.append(P.Noop(d.address, noop_text.format(id=d.id)))
+            acc.noops.append(P.noop(d.address, noop_text.format(id=d.id)))
             continue
         update_step = _update_step(host, kind, d, r)
         if r.etag != d.etag:
@@ -380,7 +380,7 @@ def _reconcile_kind(
         elif drifted and rules.drift is resources.DriftPolicy.WARN:
             acc.warnings.append(P.Warning(d.address, "drift: live state differs from last applied"))
         else:
-            acc.noops.append(P.Noop(d.address, noop_text.format(id=d.id)))
+            acc.noops.append(P.noop(d.address, noop_text.format(id=d.id)))
     for rid in sorted(seen.keys() - {d.id for d in wanted}):
         r = seen[rid]
         addr = address.host_resource(host, kind, rid)

@@ -24,7 +24,7 @@ from __future__ import annotations
 
 import heapq
 from collections import defaultdict
-from collections.abc import Iterable, Mapping
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from types import MappingProxyType
 from typing import Any
@@ -116,7 +116,7 @@ def ineligible(host: model.Host, app: model.App, region: str) -> str:
 
 def place(
     world: model.DesiredWorld,
-    running: Mapping[str, Iterable[str]],
+    running: Mapping[str, Sequence[str]],
     unmanaged_usage: Mapping[str, Iterable[Mapping[str, Any]]],
     unreachable: Iterable[str],
 ) -> Placement:
@@ -155,7 +155,11 @@ def place(
         slot_id = slot.id  # a property that formats a string: once per slot
         app = fleet.apps[slot.app]
         need = needs[slot.app]
-        where = sorted(h for h in running.get(slot_id, ()) if h in fleet_hosts)
+        seen = running.get(slot_id, ())
+        if len(seen) == 1:  # the common case: one instance (no sort, no generator)
+            where = seen if seen[0] in fleet_hosts else ()
+        else:
+            where = sorted(h for h in seen if h in fleet_hosts)
         kept = False
         reasons = []
         for host_name in where:

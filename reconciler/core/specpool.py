@@ -28,11 +28,14 @@ class SpecPool:
     keys: tuple[tuple[str, ...], ...]
     values: list[Json]
     positions: tuple[Mapping[str, int], ...]  # per key list: key -> its place in a spec_ref
+    # spec_ref -> its one PooledSpec: resources with equal specs (an app's announcement
+    # on every edge host, a region's route on each of its edges) share one, decoded once
+    specs: dict[str, PooledSpec]
 
     @staticmethod
     def of(source: str, keys: tuple[tuple[str, ...], ...], values: list[Json]) -> SpecPool:
         at = tuple({k: i for i, k in enumerate(ks, start=1)} for ks in keys)
-        return SpecPool(source, keys, values, at)
+        return SpecPool(source, keys, values, at, {})
 
 
 class PooledSpec(Mapping[str, Json]):

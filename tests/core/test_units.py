@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import ipaddress
 import json
 from pathlib import Path
@@ -13,10 +14,13 @@ import support
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
+from bench import genfleet
 from fleet import compile as fleet_compile
 from fleet.errors import FleetError, PlanError, ProtocolError
 from providers import resources
-from reconciler.core import desired, diff, observed, planfile, rollout, schedule, specpool
+from providers.proxy import spec as proxy_spec
+from providers.proxy import table as proxy_table
+from reconciler.core import desired, diff, frozen, observed, planfile, rollout, schedule, specpool
 from reconciler.state import sqlite
 
 SCHEMA = json.loads(
@@ -207,7 +211,7 @@ def test_fast_etags_equal_the_canonical_etag(tmp_path: Path) -> None:
         address = fleet_compile.machine_address(world.host_prefixes["ams-1"], slot.id)
         assert spec["address"] == str(address)
     on_host = {"ams-1": {"hello": ["ams#1"]}, "sea-1": {"hello": ["sea#1"]}}
-    routes = desired.RouteSpecs(world, on_host)
+    routes = desired.RouteSpecs.of_keys(world, on_host)
     for host in ("ams-1", "ams-2", "sea-1"):
         route = routes.route(host, "hello")
         assert route.etag == observed.etag(route.spec)
@@ -219,7 +223,7 @@ def test_route_specs_are_per_region_local_first_then_backups_over_the_mesh(
     fleet = support.load(support.fleet_dir(tmp_path))
     world = fleet_compile.compile_world(fleet)
     on_host = {"ams-1": {"hello": ["ams#1"]}, "sea-1": {"hello": ["sea#1"]}}
-    routes = desired.RouteSpecs(world, on_host)
+    routes = desired.RouteSpecs.of_keys(world, on_host)
     ams1, ams2, sea2 = (routes.route(h, "hello") for h in ("ams-1", "ams-2", "sea-2"))
     assert ams1.spec is ams2.spec and ams1.etag == ams2.etag  # shared by the region's hosts
     assert sea2.etag != ams1.etag
@@ -386,3 +390,66 @@ def test_only_edge_hosts_get_routes_announcements_and_bird(tmp_path: Path) -> No
     assert {"route", "announcement"} <= kinds_on["ams-1"]
     assert not kinds_on["ams-2"] & {"route", "announcement", "bgp"}
     assert "machine" in kinds_on["ams-2"]  # still runs machines, reached over the mesh
+
+
+def test_route_specs_from_candidates_equal_the_table_of_every_machine(tmp_path: Path) -> None:
+    """RouteSpecs hands each table build only the machines it can pick; the specs must not change.
+
+    Latencies with ties, a region missing from a latency map (unknown: last)
+    and regions with fewer machines than ``max_backups`` all occur here.
+    """
+    fleet = support.load(genfleet.generate(tmp_path / "fleet", 40, 12, 130, 1))
+    names = sorted(fleet.regions)
+    regions = {
+        name: dataclasses.replace(
+            region,
+            latency_ms={o: (7 * i + 3 * j) % 4 * 10 for j, o in enumerate(names) if j % 5 != 1},
+        )
+        for i, (name, region) in enumerate(sorted(fleet.regions.items()))
+    }
+    fleet = dataclasses.replace(fleet, regions=regions)
+    world = fleet_compile.compile_world(fleet)
+    placement = schedule.place(world, {}, {}, [])
+    on_host: dict[str, dict[str, list[str]]] = {}
+    for slot in world.slots:
+        on_host.setdefault(placement.hosts[slot.id], {}).setdefault(slot.app, []).append(slot.key)
+    routes = desired.RouteSpecs.of_keys(world, on_host)
+    every = [
+        proxy_table.MachineView(
+            slot,
+            placement.hosts[slot.id],
+            proxy_table.MachineState.HEALTHY,
+            str(
+                fleet_compile.machine_address(
+                    world.host_prefixes[placement.hosts[slot.id]], slot.id
+                )
+            ),
+        )
+        for slot in world.slots
+    ]
+    compared = 0
+    for app in sorted(fleet.apps):
+        for region in names:
+            host = next(h.name for h in fleet.hosts.values() if h.region == region)
+            mine = [m for m in every if m.slot.app == app]
+            table = proxy_spec.app_routes(world, app, host, mine, checked=False)
+            expected = proxy_spec.to_json(app, region, table)
+            spec, tag = routes.spec(app, host)
+            assert spec == expected, (app, region)
+            assert tag == observed.etag(expected)
+            compared += sum(len(r["servers"]) for r in expected["routes"].values())
+    assert compared > 12 * len(names) * 3  # backups were really chosen
+
+
+def test_fast_makers_build_the_same_frozen_objects() -> None:
+    make = frozen.maker(desired.Desired)
+    spec = {"ref": "x"}
+    fast = make("host.h/image[x]", resources.Kind.IMAGE, "h", "x", spec, "sha256:1", None)
+    assert fast == desired.Desired(
+        "host.h/image[x]", resources.Kind.IMAGE, "h", "x", spec, "sha256:1", None
+    )
+    assert desired.on_host("h", resources.Kind.IMAGE, "x", spec, "sha256:1") == fast
+    with pytest.raises(dataclasses.FrozenInstanceError):
+        fast.etag = "other"  # type: ignore[misc]
+    with pytest.raises(TypeError, match="not a frozen"):
+        frozen.maker(schedule._Free)
