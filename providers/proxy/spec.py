@@ -16,7 +16,7 @@ waker is enabled (it is while a local machine of the app is stopped).
 from __future__ import annotations
 
 import dataclasses
-from collections.abc import Iterable, Mapping
+from collections.abc import Collection, Iterable, Mapping
 from typing import Any
 
 from fleet import model
@@ -219,3 +219,29 @@ def assign_wakers(
                 servers.append(s)
         routes.append(dataclasses.replace(r, servers=tuple(servers)))
     return dataclasses.replace(table, routes=tuple(routes))
+
+
+def server_of_slot(slot_key: str) -> str:
+    """The server name of a machine slot key: ``ams#1`` -> ``ams.1`` (see :func:`t.server_name`)."""
+    region, _, index = slot_key.rpartition("#")
+    return f"{region}.{index}"
+
+
+def with_draining(spec: Mapping[str, Json], servers: Collection[str]) -> dict[str, Json]:
+    """``spec`` with the named machine servers draining (weight 0) in every route that has them.
+
+    What the reconciler sends every edge before a machine replaced in place
+    (same address) stops: no new request reaches it, in-flight ones finish.
+    The result equals ``spec`` when no route holds any of them.
+    """
+    routes: dict[str, Json] = {}
+    for name, route in (spec.get("routes") or {}).items():
+        held = route.get("servers") or {}
+        if any(s in held for s in servers):
+            marked = {
+                s: {**raw, "draining": True} if s in servers else raw for s, raw in held.items()
+            }
+            routes[name] = {**route, "servers": marked}
+        else:
+            routes[name] = route
+    return {**spec, "routes": routes}
