@@ -136,7 +136,7 @@ def _drain_route(
             )
         )
         expect = tag
-        told.append(", ".join(sorted(n for n in names if _held(r.spec, n))))
+        told.append(" + ".join(sorted(n for n in names if _held(r.spec, n))))
     if not steps:
         return False
     why = (

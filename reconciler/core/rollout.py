@@ -25,6 +25,13 @@ Replacements of an app's machines follow its deploy strategy (fly.toml names):
 * ``bluegreen``: all new machines at once, all healthy before any old one goes.
 * ``immediate``: all at once, no health gate.
 
+That create-before-destroy holds for machines that move to another host. A
+machine replaced on its own host keeps its slot's address, so the new VM cannot
+run beside the old one: within its batch it is drained from every edge first
+(the route steps :mod:`reconciler.core.drain` adds, marked with their batch),
+then deleted, then created behind its gate (``-/+``); the next batch's drain
+and finally each route's last step restore the drained servers.
+
 Each batch waits for the previous one; a machine's create step carries a
 health gate (healthy for ``min_healthy_time``, else fail at ``wait_timeout``).
 If a gate fails, apply halts the app and, with ``auto_revert``, runs
