@@ -200,18 +200,25 @@ def assemble(
 def assign_wakers(
     table: t.RoutingTable, stopped_apps: frozenset[str], settings: t.Settings = DEFAULT_SETTINGS
 ) -> t.RoutingTable:
-    """Give each auto-start route its own waker port (in route order), enabled while stopped."""
+    """Give each auto-start route its own waker port (in route order), enabled while stopped.
+
+    Never while the route drains a server: that machine is being replaced in
+    place, so "stopped" there means "between its old and its new VM", and the
+    waker (the first backup) would hold every request until the new VM boots
+    (or start the old one again) instead of letting the next backup serve.
+    """
     port = settings.waker_port
     routes = []
     for r in table.routes:
         servers = []
+        draining = any(s.draining for s in r.servers)
         for s in r.servers:
             if s.role is t.Role.WAKER:
                 waker = dataclasses.replace(
                     s,
                     address=settings.waker_address,
                     port=port,
-                    enabled=r.app in stopped_apps,
+                    enabled=r.app in stopped_apps and not draining,
                 )
                 port += 1
                 servers.append(waker)

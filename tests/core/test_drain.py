@@ -138,3 +138,20 @@ def test_every_machine_replaced_in_place_at_once_is_warned_about(tmp_path: Path)
         w.address == "app.hello" and "none serves while the new ones boot" in w.message
         for w in plan.warnings
     )
+
+
+def test_an_interrupted_deploy_resumes_and_restores_every_route(tmp_path: Path) -> None:
+    hosts, after, state = _deployed(tmp_path)
+    held = {name: h.items[(Kind.ROUTE, "hello")].etag for name, h in hosts.hosts.items()}
+    plan = support.plan(after, hosts)
+    # sea#1's old machine cannot be deleted this time: batch 2 stops after its drains
+    hosts.hosts["sea-2"].behaviour.fail_actions["app.hello/machine[sea#1]:delete"] = "busy"
+    first = support.run(plan, hosts, state, "deploy")
+    assert not first.ok
+    drained = {name: h.items[(Kind.ROUTE, "hello")].etag for name, h in hosts.hosts.items()}
+    assert drained == {h: plan.step_index()[f"host.{h}/route[hello]:drain2"].etag for h in EDGES}
+    hosts.hosts["sea-2"].behaviour.fail_actions.clear()
+    again = support.run(plan, hosts, state, "deploy")  # the same plan, the same journal
+    assert again.ok
+    assert {name: h.items[(Kind.ROUTE, "hello")].etag for name, h in hosts.hosts.items()} == held
+    assert not support.plan(after, hosts).changes

@@ -8,6 +8,7 @@ as for an app with one machine in the region).
 
 from __future__ import annotations
 
+import dataclasses
 import threading
 import time
 from collections.abc import Iterator
@@ -75,10 +76,25 @@ def test_only_servers_drained_anew_are_waited_for() -> None:
     base = route("web", 80, (a, b))
     live = t.RoutingTable("sea-1", "sea", (base,))
     both = t.RoutingTable(
-        "sea-1",
-        "sea",
-        (route("web", 80, (t.Server("sea.1", a.role, a.address, 1, draining=True), b)),),
+        "sea-1", "sea", (route("web", 80, (dataclasses.replace(a, draining=True), b)),)
     )
     assert edge.newly_draining(live, both) == {("be_web_0", "sea.1"): 5.0}
     assert edge.newly_draining(both, both) == {}
     assert edge.newly_draining(None, live) == {("be_web_0", "sea.2"): 5.0}
+
+
+def test_the_waker_stays_off_while_its_route_drains_a_machine() -> None:
+    waker = t.Server(t.WAKER_NAME, t.Role.WAKER, "127.0.0.1", 1)
+    local = server("sea.1", 8080)
+    remote = server("ams.1", 8080, role=t.Role.REMOTE, region="ams")
+    serving = t.RoutingTable("sea-1", "sea", (route("web", 80, (local, waker, remote)),))
+    on = spec.assign_wakers(serving, frozenset({"web"}))
+    assert on.routes[0].server(t.WAKER_NAME).enabled  # type: ignore[union-attr]
+    # the old VM of sea.1 stopped for its in-place replacement: the backup serves, no wake
+    drained = t.RoutingTable(
+        "sea-1",
+        "sea",
+        (route("web", 80, (dataclasses.replace(local, draining=True), waker, remote)),),
+    )
+    off = spec.assign_wakers(drained, frozenset({"web"}))
+    assert not off.routes[0].server(t.WAKER_NAME).enabled  # type: ignore[union-attr]
