@@ -114,10 +114,12 @@ def order(works: Sequence[Work], fleet: model.Fleet) -> tuple[list[Work], list[P
     replaces: dict[str, list[Work]] = defaultdict(list)
     drains: dict[tuple[str, int], list[str]] = defaultdict(list)  # (app, batch) -> drain steps
     in_place_creates: dict[str, list[str]] = defaultdict(list)
+    drained: set[str] = set()  # routes with drain steps
 
     for w in works:
         c = w.change
         if c.kind is Kind.ROUTE and len(w.steps) > 1:  # a drained route's steps run in order
+            drained.add(c.address)
             for before, after in zip(w.steps, w.steps[1:], strict=False):
                 deps[after.id].add(before.id)
         for s in w.steps:
@@ -167,7 +169,8 @@ def order(works: Sequence[Work], fleet: model.Fleet) -> tuple[list[Work], list[P
                 continue  # a drain: it waits for the batch before it (below)
             elif s.kind is Kind.ROUTE and s.verb is not P.Verb.DELETE:
                 d.update(app_ups[s.app or ""])
-                d.update(in_place_creates[s.app or ""])  # restores what was drained
+                if s.address in drained:  # its last step restores what was drained
+                    d.update(in_place_creates[s.app or ""])
             elif s.kind is Kind.ROUTE:
                 d.update(_some(ann_delete.get(key)))
             elif s.kind is Kind.ANNOUNCEMENT and s.verb is not P.Verb.DELETE:
