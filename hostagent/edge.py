@@ -207,9 +207,15 @@ class Edge:
             result = edge.apply(draining)
             emit("draining", ", ".join(sorted(result.touched)))
             wait_drained(edge, edge.live or draining, table)
+        asked = newly_draining(edge.live, table)
         result = edge.apply(table)
         if result.method is not proxy.Method.NOOP:
             emit(f"proxy-{result.method}", f"{result.reason}: {', '.join(sorted(result.touched))}")
+        if asked:
+            # The reconciler drains a machine it is about to replace in place: answer
+            # only once no request is in flight there (or kill_timeout has passed).
+            wait_idle(edge, asked)
+            emit("drained", ", ".join(f"{r}/{s}" for r, s in sorted(asked)))
 
 
 def with_leavers_draining(live: t.RoutingTable, new: t.RoutingTable) -> t.RoutingTable:
@@ -237,15 +243,35 @@ def with_leavers_draining(live: t.RoutingTable, new: t.RoutingTable) -> t.Routin
     return replace(new, routes=tuple(routes))
 
 
+def newly_draining(
+    live: t.RoutingTable | None, new: t.RoutingTable
+) -> dict[tuple[str, str], float]:
+    """(route, server) -> kill_timeout of the servers ``new`` drains that ``live`` did not."""
+    was = {(r.name, s.name) for r in (live.routes if live else ()) for s in r.servers if s.draining}
+    return {
+        (r.name, s.name): r.kill_timeout_s
+        for r in new.routes
+        for s in r.servers
+        if s.draining and (r.name, s.name) not in was
+    }
+
+
 def wait_drained(edge: proxy.EdgeProxy, during: t.RoutingTable, final: t.RoutingTable) -> None:
     """Wait until the servers leaving have no sessions, at most their route's kill_timeout."""
     final_names = {(r.name, s.name) for r in final.routes for s in r.servers}
-    leaving = {
-        (r.name, s.name): r.kill_timeout_s
-        for r in during.routes
-        for s in r.servers
-        if (r.name, s.name) not in final_names
-    }
+    wait_idle(
+        edge,
+        {
+            (r.name, s.name): r.kill_timeout_s
+            for r in during.routes
+            for s in r.servers
+            if (r.name, s.name) not in final_names
+        },
+    )
+
+
+def wait_idle(edge: proxy.EdgeProxy, leaving: Mapping[tuple[str, str], float]) -> None:
+    """Wait until these (route, server) have no session nor queue, at most the longest timeout."""
     if not leaving:
         return
     deadline = time.monotonic() + max(leaving.values())

@@ -16,7 +16,7 @@ waker is enabled (it is while a local machine of the app is stopped).
 from __future__ import annotations
 
 import dataclasses
-from collections.abc import Iterable, Mapping
+from collections.abc import Collection, Iterable, Mapping
 from typing import Any
 
 from fleet import model
@@ -200,18 +200,25 @@ def assemble(
 def assign_wakers(
     table: t.RoutingTable, stopped_apps: frozenset[str], settings: t.Settings = DEFAULT_SETTINGS
 ) -> t.RoutingTable:
-    """Give each auto-start route its own waker port (in route order), enabled while stopped."""
+    """Give each auto-start route its own waker port (in route order), enabled while stopped.
+
+    Never while the route drains a server: that machine is being replaced in
+    place, so "stopped" there means "between its old and its new VM", and the
+    waker (the first backup) would hold every request until the new VM boots
+    (or start the old one again) instead of letting the next backup serve.
+    """
     port = settings.waker_port
     routes = []
     for r in table.routes:
         servers = []
+        draining = any(s.draining for s in r.servers)
         for s in r.servers:
             if s.role is t.Role.WAKER:
                 waker = dataclasses.replace(
                     s,
                     address=settings.waker_address,
                     port=port,
-                    enabled=r.app in stopped_apps,
+                    enabled=r.app in stopped_apps and not draining,
                 )
                 port += 1
                 servers.append(waker)
@@ -219,3 +226,29 @@ def assign_wakers(
                 servers.append(s)
         routes.append(dataclasses.replace(r, servers=tuple(servers)))
     return dataclasses.replace(table, routes=tuple(routes))
+
+
+def server_of_slot(slot_key: str) -> str:
+    """The server name of a machine slot key: ``ams#1`` -> ``ams.1`` (see :func:`t.server_name`)."""
+    region, _, index = slot_key.rpartition("#")
+    return f"{region}.{index}"
+
+
+def with_draining(spec: Mapping[str, Json], servers: Collection[str]) -> dict[str, Json]:
+    """``spec`` with the named machine servers draining (weight 0) in every route that has them.
+
+    What the reconciler sends every edge before a machine replaced in place
+    (same address) stops: no new request reaches it, in-flight ones finish.
+    The result equals ``spec`` when no route holds any of them.
+    """
+    routes: dict[str, Json] = {}
+    for name, route in (spec.get("routes") or {}).items():
+        held = route.get("servers") or {}
+        if any(s in held for s in servers):
+            marked = {
+                s: {**raw, "draining": True} if s in servers else raw for s, raw in held.items()
+            }
+            routes[name] = {**route, "servers": marked}
+        else:
+            routes[name] = route
+    return {**spec, "routes": routes}

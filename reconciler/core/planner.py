@@ -29,6 +29,7 @@ from reconciler.core import (
     address,
     desired,
     diff,
+    drain,
     guards,
     hostnet,
     machines,
@@ -160,6 +161,7 @@ def make(
     parts = {name: desired.AppParts(app, world.anycast[name]) for name, app in fleet.apps.items()}
     on_host = machines.plan_machines(world, idx.machines, placement, acc, parts)
     _host_resources(world, idx, on_host, acc, parts)
+    drain.add(acc, fleet, idx.others)  # machines replaced in place leave the edges first
 
     ordered, rollouts = rollout.order(acc.works, fleet)
     chosen, excluded = select.select(ordered, options.targets, options.excludes)

@@ -25,6 +25,13 @@ Replacements of an app's machines follow its deploy strategy (fly.toml names):
 * ``bluegreen``: all new machines at once, all healthy before any old one goes.
 * ``immediate``: all at once, no health gate.
 
+That create-before-destroy holds for machines that move to another host. A
+machine replaced on its own host keeps its slot's address, so the new VM cannot
+run beside the old one: within its batch it is drained from every edge first
+(the route steps :mod:`reconciler.core.drain` adds, marked with their batch),
+then deleted, then created behind its gate (``-/+``); the next batch's drain
+and finally each route's last step restore the drained servers.
+
 Each batch waits for the previous one; a machine's create step carries a
 health gate (healthy for ``min_healthy_time``, else fail at ``wait_timeout``).
 If a gate fails, apply halts the app and, with ``auto_revert``, runs
@@ -76,6 +83,18 @@ def batch_plan(app: model.App, count: int) -> tuple[list[int], bool]:
     return sizes, cbd
 
 
+def batches(app: model.App, group: Sequence[Work]) -> list[list[Work]]:
+    """``app``'s machine replacements in their rollout batches (by slot address)."""
+    ordered = sorted(group, key=lambda w: w.change.address)
+    sizes, _ = batch_plan(app, len(ordered))
+    out: list[list[Work]] = []
+    start = 0
+    for size in sizes:
+        out.append(ordered[start : start + size])
+        start += size
+    return out
+
+
 def order(works: Sequence[Work], fleet: model.Fleet) -> tuple[list[Work], list[P.Rollout]]:
     """Fill in every step's dependencies and batch; return the works and each app's rollout."""
     deps: dict[str, set[str]] = defaultdict(set)
@@ -93,15 +112,26 @@ def order(works: Sequence[Work], fleet: model.Fleet) -> tuple[list[Work], list[P
     leaving: set[str] = set()  # deletes of machines whose slot is gone for good
     deletes_on: dict[str, list[str]] = defaultdict(list)
     replaces: dict[str, list[Work]] = defaultdict(list)
+    drains: dict[tuple[str, int], list[str]] = defaultdict(list)  # (app, batch) -> drain steps
+    in_place_creates: dict[str, list[str]] = defaultdict(list)
+    drained: set[str] = set()  # routes with drain steps
 
     for w in works:
         c = w.change
+        if c.kind is Kind.ROUTE and len(w.steps) > 1:  # a drained route's steps run in order
+            drained.add(c.address)
+            for before, after in zip(w.steps, w.steps[1:], strict=False):
+                deps[after.id].add(before.id)
         for s in w.steps:
             key = (s.host, s.app or "")
             if s.kind is Kind.IMAGE:
                 (image_create if s.verb is P.Verb.CREATE else image_delete)[
                     (s.host, s.resource_id)
                 ] = s.id
+            elif s.kind is Kind.ROUTE and s.batch is not None:  # drain (reconciler.core.drain)
+                drains[(s.app or "", s.batch)].append(s.id)
+                app_route_steps[s.app or ""].append(s.id)
+                batch_of[s.id] = s.batch
             elif s.kind is Kind.ROUTE:
                 (route_delete if s.verb is P.Verb.DELETE else route_put)[key] = s.id
                 app_route_steps[s.app or ""].append(s.id)
@@ -122,6 +152,8 @@ def order(works: Sequence[Work], fleet: model.Fleet) -> tuple[list[Work], list[P
                 app_ups[s.app or ""].append(s.id)
         if c.kind is Kind.MACHINE and c.action is P.Action.REPLACE and c.app:
             replaces[c.app].append(w)
+            if not c.from_host:
+                in_place_creates[c.app] += [s.id for s in w.steps if s.verb is P.Verb.CREATE]
 
     for w in works:
         for s in w.steps:
@@ -133,8 +165,12 @@ def order(works: Sequence[Work], fleet: model.Fleet) -> tuple[list[Work], list[P
                 d.update(_some(ann_delete.get(key), route_delete.get(key)))
                 if s.id in leaving:
                     d.update(app_route_steps[s.app or ""])
+            elif s.kind is Kind.ROUTE and s.batch is not None:
+                continue  # a drain: it waits for the batch before it (below)
             elif s.kind is Kind.ROUTE and s.verb is not P.Verb.DELETE:
                 d.update(app_ups[s.app or ""])
+                if s.address in drained:  # its last step restores what was drained
+                    d.update(in_place_creates[s.app or ""])
             elif s.kind is Kind.ROUTE:
                 d.update(_some(ann_delete.get(key)))
             elif s.kind is Kind.ANNOUNCEMENT and s.verb is not P.Verb.DELETE:
@@ -146,32 +182,50 @@ def order(works: Sequence[Work], fleet: model.Fleet) -> tuple[list[Work], list[P
     rollouts: list[P.Rollout] = []
     for app_name in sorted(replaces):
         app = fleet.apps[app_name]
-        group = sorted(replaces[app_name], key=lambda w: w.change.address)
-        sizes, cbd = batch_plan(app, len(group))
+        groups = batches(app, replaces[app_name])
+        _, cbd = batch_plan(app, len(replaces[app_name]))
+        moves = any(w.change.from_host for w in replaces[app_name])
         rollouts.append(
-            P.Rollout(app_name, app.deploy.strategy.value, len(sizes), cbd, app.deploy.auto_revert)
+            P.Rollout(
+                app_name,
+                app.deploy.strategy.value,
+                len(groups),
+                cbd and moves,
+                app.deploy.auto_revert,
+            )
         )
         previous: list[str] = []
-        start = 0
-        for number, size in enumerate(sizes, 1):
-            members = group[start : start + size]
-            start += size
-            creates = [s.id for w in members for s in w.steps if s.verb is P.Verb.CREATE]
-            deletes = [s.id for w in members for s in w.steps if s.verb is P.Verb.DELETE]
+        for number, members in enumerate(groups, 1):
+            moved = [w for w in members if w.change.from_host]
+            creates = [s.id for w in moved for s in w.steps if s.verb is P.Verb.CREATE]
+            deletes = [s.id for w in moved for s in w.steps if s.verb is P.Verb.DELETE]
             first, second = (creates, deletes) if cbd else (deletes, creates)
             for sid in first:
                 deps[sid].update(previous)
             for sid in second:
                 deps[sid].update(first)
+            for w in members:
+                if w.change.from_host:
+                    mode = (
+                        P.ReplaceMode.CREATE_BEFORE_DESTROY
+                        if cbd
+                        else P.ReplaceMode.DESTROY_BEFORE_CREATE
+                    )
+                else:
+                    # Same host, same address: drained from every edge, then the old
+                    # VM goes before the new one boots (reconciler.core.drain).
+                    mode = P.ReplaceMode.DESTROY_BEFORE_CREATE
+                    w.steps.sort(key=lambda s: s.verb is P.Verb.CREATE)
+                    old, new = w.steps[0].id, w.steps[-1].id
+                    deps[old].update(previous, drains[(app_name, number)])
+                    deps[new].add(old)
+                    creates.append(new)
+                    deletes.append(old)
+                w.change = dataclasses.replace(w.change, replace_mode=mode)
             for sid in creates + deletes:
                 batch_of[sid] = number
-            for w in members:
-                w.change = dataclasses.replace(
-                    w.change,
-                    replace_mode=P.ReplaceMode.CREATE_BEFORE_DESTROY
-                    if cbd
-                    else P.ReplaceMode.DESTROY_BEFORE_CREATE,
-                )
+            for sid in drains[(app_name, number)]:
+                deps[sid].update(previous)
             previous = creates + deletes
 
     out = []
@@ -216,13 +270,21 @@ def revert_steps(plan: P.Plan, app: str, done: Iterable[str]) -> list[P.Step]:
     """Steps that undo the machine steps of ``app`` already done, newest first.
 
     A created instance is deleted; a deleted instance is created again with the
-    spec and etag it had (the change's ``before``). Derived from the plan only.
+    spec and etag it had (the change's ``before``). Then every route that was
+    drained for an in-place replacement gets the spec it had back (the old
+    instance serves again). Derived from the plan only.
     """
     finished = set(done)
     changes = {c.address: c for c in plan.changes}
     out: list[P.Step] = []
+    restores: dict[str, P.Step] = {}
     for s in reversed(plan.steps):
-        if s.app != app or s.kind is not Kind.MACHINE or s.id not in finished:
+        if s.app != app or s.id not in finished:
+            continue
+        if s.kind is Kind.ROUTE and s.batch is not None and s.address not in restores:
+            restores[s.address] = _restore(s, plan, changes.get(s.address))
+            continue
+        if s.kind is not Kind.MACHINE:
             continue
         rid = f"{s.id}:revert"
         if s.verb is P.Verb.CREATE:
@@ -257,4 +319,22 @@ def revert_steps(plan: P.Plan, app: str, done: Iterable[str]) -> list[P.Step]:
                         app=app,
                     )
                 )
-    return out
+    return out + [r for r in restores.values() if r.spec is not None]
+
+
+def _restore(last: P.Step, plan: P.Plan, change: P.Change | None) -> P.Step:
+    """Put a drained route back as it was: from its last drain done to its first ``expect``."""
+    first = next(s for s in plan.steps if s.address == last.address)
+    before = change.before if change is not None and not change.drift else None
+    return P.Step(
+        f"{last.id}:revert",
+        last.address,
+        last.host,
+        last.kind,
+        last.resource_id,
+        P.Verb.UPDATE,
+        before,
+        first.expect,
+        last.etag,
+        app=last.app,
+    )

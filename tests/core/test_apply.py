@@ -97,8 +97,17 @@ def test_failed_gate_on_first_batch_halts_and_removes_the_new_machine(
     assert "hello" in report.halted
     assert "app.hello/machine[ams#1]:create" in report.halted["hello"]
     assert support.machines(hosts) == old  # the unhealthy new machine is gone, old ones stay
-    reverted = [s for r in report.hosts.values() for s in r.reverted]
-    assert reverted == ["app.hello/machine[ams#1]:create:revert"]
+    reverted = sorted(s for r in report.hosts.values() for s in r.reverted)
+    # replaced in place (same address): the old one had gone first, so it comes back,
+    # and every edge's route that drained it serves it again
+    assert reverted == [
+        "app.hello/machine[ams#1]:create:revert",
+        "app.hello/machine[ams#1]:delete:revert",
+        *(f"host.{h}/route[hello]:drain1:revert" for h in ("ams-1", "ams-2", "sea-1", "sea-2")),
+    ]
+    assert {c.kind for c in support.plan(before, hosts).changes} <= {
+        resources.Kind.IMAGE
+    }  # routes as they were
     skipped = {s for r in report.hosts.values() for s, _ in r.deferred}
     assert "app.hello/machine[sea#2]:create" in skipped  # later batches never ran
 

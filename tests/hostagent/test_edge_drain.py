@@ -1,0 +1,100 @@
+"""The ``route`` kind drains a server the reconciler marks ``draining``: real HAProxy on loopback.
+
+What a machine replaced in place (same address) relies on: the drain step's
+route update answers only once the machine has no request in flight, and while
+it is drained its route's traffic goes to the other servers (here the backup,
+as for an app with one machine in the region).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import threading
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from hostagent import edge
+from providers.proxy import spec
+from providers.proxy import table as t
+from tests.proxy.conftest import Backends, backends, free_port, get, route, server
+
+__all__ = ["backends"]  # the fixture, shared with tests/proxy
+
+pytestmark = pytest.mark.slow
+
+
+@pytest.fixture
+def host_edge(tmp_path: Path) -> Iterator[edge.Edge]:
+    e = edge.Edge(edge.EdgePaths.of(tmp_path), "sea-1")
+    yield e
+    e.change({"web": None}, frozenset(), lambda *_: None)  # the last route: HAProxy stops
+
+
+# HAProxy outlives the agent process that starts it (its own session; later ones adopt
+# it by PID), so the Popen object that started it is dropped while it runs.
+@pytest.mark.filterwarnings("ignore::pytest.PytestUnraisableExceptionWarning")
+@pytest.mark.filterwarnings("ignore::ResourceWarning")
+def test_a_drained_server_finishes_in_flight_and_the_backup_serves(
+    host_edge: edge.Edge, backends: Backends
+) -> None:
+    local, remote = backends.start("old"), backends.start("remote")
+    port = free_port()
+    servers = (server("sea.1", local), server("ams.1", remote, role=t.Role.REMOTE, region="ams"))
+    served = spec.to_json("web", "sea", [route("web", port, servers)])
+    events: list[tuple[str, str]] = []
+    host_edge.change({"web": served}, frozenset(), lambda *e: events.append((e[0], e[1])))
+    assert {get(port)[2] for _ in range(5)} == {b"old\n"}  # the backup idles while local is up
+
+    slow: list[tuple[int, bytes]] = []
+    request = threading.Thread(target=lambda: slow.append(get(port, "/slow?ms=1500")[::2]))
+    request.start()
+    time.sleep(0.3)
+    began = time.monotonic()
+    drained = spec.with_draining(served, ["sea.1"])
+    host_edge.change({"web": drained}, frozenset(), lambda *e: events.append((e[0], e[1])))
+    waited = time.monotonic() - began
+    request.join()
+    assert slow == [(200, b"old\n")]
+    assert waited >= 0.9, waited  # answered once the in-flight request was done, not before
+    assert waited < 5.0, waited  # ... and well before kill_timeout
+    assert ("drained", "be_web_0/sea.1") in events
+    assert {get(port)[2] for _ in range(10)} == {b"remote\n"}
+
+    backends.stop("old")  # what the reconciler does next: the old VM goes
+    backends.start("old", local)  # ... and its replacement answers at the same address
+    host_edge.change({"web": served}, frozenset(), lambda *e: events.append((e[0], e[1])))
+    time.sleep(1.5)  # HAProxy's check (inter 1s, rise 1) sees the new one up
+    assert {get(port)[2] for _ in range(5)} == {b"old\n"}
+
+
+def test_only_servers_drained_anew_are_waited_for() -> None:
+    a = t.Server("sea.1", t.Role.LOCAL, "127.0.0.1", 1)
+    b = t.Server("sea.2", t.Role.LOCAL, "127.0.0.1", 2, draining=True)
+    base = route("web", 80, (a, b))
+    live = t.RoutingTable("sea-1", "sea", (base,))
+    both = t.RoutingTable(
+        "sea-1", "sea", (route("web", 80, (dataclasses.replace(a, draining=True), b)),)
+    )
+    assert edge.newly_draining(live, both) == {("be_web_0", "sea.1"): 5.0}
+    assert edge.newly_draining(both, both) == {}
+    assert edge.newly_draining(None, live) == {("be_web_0", "sea.2"): 5.0}
+
+
+def test_the_waker_stays_off_while_its_route_drains_a_machine() -> None:
+    waker = t.Server(t.WAKER_NAME, t.Role.WAKER, "127.0.0.1", 1)
+    local = server("sea.1", 8080)
+    remote = server("ams.1", 8080, role=t.Role.REMOTE, region="ams")
+    serving = t.RoutingTable("sea-1", "sea", (route("web", 80, (local, waker, remote)),))
+    on = spec.assign_wakers(serving, frozenset({"web"}))
+    assert on.routes[0].server(t.WAKER_NAME).enabled  # type: ignore[union-attr]
+    # the old VM of sea.1 stopped for its in-place replacement: the backup serves, no wake
+    drained = t.RoutingTable(
+        "sea-1",
+        "sea",
+        (route("web", 80, (dataclasses.replace(local, draining=True), waker, remote)),),
+    )
+    off = spec.assign_wakers(drained, frozenset({"web"}))
+    assert not off.routes[0].server(t.WAKER_NAME).enabled  # type: ignore[union-attr]
