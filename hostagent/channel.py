@@ -58,9 +58,10 @@ MAX_HEADER = 1 << 10
 class Channel:
     """The forker process of one ``serve``, seen from ``serve``: its pid and socket."""
 
-    def __init__(self, pid: int, path: Path) -> None:
+    def __init__(self, pid: int, path: Path, inode: int) -> None:
         self.pid = pid
         self.path = path
+        self.inode = inode
 
     def close(self) -> None:
         """End the forker (requests in flight are separate processes and go on)."""
@@ -68,6 +69,8 @@ class Channel:
             os.kill(self.pid, signal.SIGTERM)
         with contextlib.suppress(ChildProcessError):
             os.waitpid(self.pid, 0)
+        if _ours(self.path, self.inode):  # a forker that could not clean up (killed)
+            self.path.unlink(missing_ok=True)
 
 
 def bind(path: Path) -> tuple[socket.socket, int]:
@@ -106,10 +109,14 @@ def start(data_dir: Path, make_agent: Callable[[], Agent]) -> Channel | None:
     parent = os.getpid()
     sys.stdout.flush()
     sys.stderr.flush()
+    # SIGTERM waits until the forker has its handler (it removes the socket then).
+    signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGTERM})
     pid = os.fork()
     if pid == 0:  # the forker: never returns into the caller's code
         code = 0
         try:
+            signal.signal(signal.SIGTERM, _stop)
+            signal.pthread_sigmask(signal.SIG_UNBLOCK, {signal.SIGTERM})
             _forker(srv, path, inode, parent, make_agent)
         except _Stop:
             pass
@@ -118,9 +125,10 @@ def start(data_dir: Path, make_agent: Callable[[], Agent]) -> Channel | None:
             code = 1
         finally:
             os._exit(code)
+    signal.pthread_sigmask(signal.SIG_UNBLOCK, {signal.SIGTERM})
     srv.close()
     log.info(json.dumps({"event": "request_channel_listening", "path": str(path), "pid": pid}))
-    return Channel(pid, path)
+    return Channel(pid, path, inode)
 
 
 def _ours(path: Path, inode: int) -> bool:
@@ -141,7 +149,6 @@ def _stop(_sig: int, _frame: object) -> None:
 def _forker(
     srv: socket.socket, path: Path, inode: int, parent: int, make_agent: Callable[[], Agent]
 ) -> None:
-    signal.signal(signal.SIGTERM, _stop)
     signal.signal(signal.SIGINT, signal.SIG_IGN)  # a Ctrl-C of `serve` is for `serve`
     srv.settimeout(POLL_S)
     try:
