@@ -63,8 +63,8 @@ def agent_command(agent: str, verb: str) -> str:
     installed before the relay existed runs ``fleet-agent VERB`` directly; exit
     status 127 still means no agent at all.
     """
-    if posixpath.basename(agent) != "fleet-agent":
-        return f"{agent} {verb}"
+    if not agent.startswith("/") or posixpath.basename(agent) != "fleet-agent" or " " in agent:
+        return f"{agent} {verb}"  # a command line of its own (tests): run as given
     bindir = posixpath.dirname(agent)
     venv = shlex.quote(posixpath.dirname(bindir))
     python = shlex.quote(posixpath.join(bindir, "python"))
