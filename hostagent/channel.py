@@ -94,10 +94,14 @@ def bind(path: Path) -> tuple[socket.socket, int]:
     return srv, path.stat().st_ino
 
 
-def start(data_dir: Path, make_agent: Callable[[], Agent]) -> Channel | None:
+def start(
+    data_dir: Path, make_agent: Callable[[], Agent], warm: Callable[[], None] = lambda: None
+) -> Channel | None:
     """Fork the forker; ``None`` (logged) when the socket cannot be made.
 
     Call it before the process starts any thread: the forker forks again.
+    ``warm`` runs once in the forker before it accepts: whatever it loads or
+    compiles (templates, lazy imports) every request's process inherits.
     """
     path = data_dir / relay.SOCKET_NAME
     try:
@@ -117,6 +121,7 @@ def start(data_dir: Path, make_agent: Callable[[], Agent]) -> Channel | None:
         try:
             signal.signal(signal.SIGTERM, _stop)
             signal.pthread_sigmask(signal.SIG_UNBLOCK, {signal.SIGTERM})
+            _warm(warm)
             _forker(srv, path, inode, parent, make_agent)
         except _Stop:
             pass
@@ -129,6 +134,13 @@ def start(data_dir: Path, make_agent: Callable[[], Agent]) -> Channel | None:
     srv.close()
     log.info(json.dumps({"event": "request_channel_listening", "path": str(path), "pid": pid}))
     return Channel(pid, path, inode)
+
+
+def _warm(warm: Callable[[], None]) -> None:
+    try:
+        warm()
+    except Exception:  # an optimisation: each request does the work itself then
+        log.warning("request channel: warming up failed", exc_info=True)
 
 
 def _ours(path: Path, inode: int) -> bool:

@@ -127,7 +127,13 @@ def request_channel(data_dir: Path) -> channel.Channel | None:
 
     Must run before ``serve`` starts a thread (see :mod:`hostagent.channel`).
     """
-    return channel.start(data_dir, lambda: build_agent(data_dir))
+
+    def warm() -> None:
+        routes = build_agent(data_dir).handlers.get(edge.KIND)
+        if isinstance(routes, edge.RouteHandler):
+            routes.edge.warm()  # a one-route change then costs no template compile
+
+    return channel.start(data_dir, lambda: build_agent(data_dir), warm)
 
 
 class JsonFormatter(logging.Formatter):

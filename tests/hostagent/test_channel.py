@@ -99,6 +99,30 @@ def test_apply_through_the_channel_is_the_exec_answer(
     assert code == 0 and lines[0]["resources"][0]["etag"] == "e1"
 
 
+WARMED: list[int] = []
+
+
+class Warm(Recorder):
+    def observe(self, rid: str, spec: Mapping[str, Any]) -> H.Observed:
+        return H.Observed(state="running", health="passing", runtime={"warmed": list(WARMED)})
+
+
+def test_what_the_forker_warms_every_request_inherits(tmp_path: Path) -> None:
+    chan = channel.start(
+        tmp_path,
+        lambda: Agent(Inventory(tmp_path), {"machine": Warm()}, FACTS),
+        lambda: WARMED.append(os.getpid()),
+    )
+    assert chan is not None
+    try:
+        ask(chan.path, "apply", request(action("a1", "create", "e1", None)))
+        _, lines = ask(chan.path, "observe", b'{"protocol_version": 1}')
+        assert lines[0]["resources"][0]["status"]["runtime"]["warmed"] == [chan.pid]
+        assert WARMED == []  # warmed in the forker, not here
+    finally:
+        chan.close()
+
+
 def test_errors_are_the_exec_errors(started: tuple[channel.Channel, Path]) -> None:
     chan, _ = started
     code, lines = ask(chan.path, "apply", b'{"protocol_version": 7}')
