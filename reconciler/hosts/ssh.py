@@ -36,7 +36,6 @@ import random
 import secrets
 import select
 import shlex
-import sys
 import threading
 import time
 from collections.abc import Callable, Iterator, Mapping
@@ -47,28 +46,14 @@ from typing import IO, TypeVar
 
 from fleet import errors
 from fleet.model import Host, SSHTarget
+from reconciler import imports
 from reconciler.hosts import control, dial, hostkeys, result
-
-
-@contextmanager
-def _unimportable(name: str) -> Iterator[None]:
-    """Within the block, ``import name`` fails (unless it is already imported)."""
-    if name in sys.modules:
-        yield
-        return
-    sys.modules[name] = None  # type: ignore[assignment]  # the import system's "not importable"
-    try:
-        yield
-    finally:
-        if sys.modules.get(name, 0) is None:
-            del sys.modules[name]
-
 
 # paramiko.config imports `invoke` (and through it asyncio and unittest.mock) only
 # for `Match exec` in ssh_config files, which we never read: about half of
 # paramiko's import time, paid by every `reconcile` command that connects.
 # Without it paramiko sets `invoke = None` and works the same for us.
-with _unimportable("invoke"):
+with imports.unimportable("invoke"):
     import paramiko
     from paramiko.common import cMSG_CHANNEL_REQUEST
 

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import ipaddress
 import json
+import subprocess
+import sys
 from pathlib import Path
 from typing import Any
 
@@ -386,3 +388,15 @@ def test_only_edge_hosts_get_routes_announcements_and_bird(tmp_path: Path) -> No
     assert {"route", "announcement"} <= kinds_on["ams-1"]
     assert not kinds_on["ams-2"] & {"route", "announcement", "bgp"}
     assert "machine" in kinds_on["ams-2"]  # still runs machines, reached over the mesh
+
+
+def test_deepdiff_is_loaded_without_pydantic() -> None:
+    # deepdiff imports pydantic only to compare pydantic models; the diff never
+    # passes any, and the import was half of deepdiff's (reconciler/imports.py).
+    code = (
+        "import sys; from reconciler.core import diff; "
+        "diff._deepdiff({'a': {'b': 1}}, {'a': {'b': 2}}, 'route', diff.resources.rules('route')); "
+        "print('deepdiff' in sys.modules, 'pydantic' in sys.modules)"
+    )
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert out.stdout.split() == ["True", "False"]
