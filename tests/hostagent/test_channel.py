@@ -47,6 +47,19 @@ class Slow(Recorder):
         time.sleep(self.delay)
 
 
+class Counting(Slow):
+    """A slow create that leaves a line in ``log`` each time it runs (in any process)."""
+
+    def __init__(self, delay: float, log: Path) -> None:
+        super().__init__(delay)
+        self.log = log
+
+    def create(self, rid: str, spec: Mapping[str, Any], emit: H.Emit) -> None:
+        with open(self.log, "a") as f:
+            f.write(f"create {os.getpid()}\n")
+        super().create(rid, spec, emit)
+
+
 def request(*actions: dict[str, Any]) -> bytes:
     return json.dumps({"protocol_version": 1, "host": "ams-1", "actions": list(actions)}).encode()
 
@@ -155,6 +168,31 @@ def test_an_apply_in_flight_outlives_the_forker(tmp_path: Path) -> None:
     assert answer and answer[0][0] == 0
     assert answer[0][1][-1]["result"]["results"][0]["outcome"] == "ok"
     assert etag(tmp_path) == "e1"
+
+
+def test_the_same_action_sent_again_while_in_flight_runs_once(tmp_path: Path) -> None:
+    # A resumed apply (the reconciler was killed; its holder and this host went on)
+    # sends an action that is still being worked on: it waits, then finds it done.
+    log = tmp_path / "creates"
+    chan = channel.start(
+        tmp_path, lambda: Agent(Inventory(tmp_path), {"machine": Counting(1.5, log)}, FACTS)
+    )
+    assert chan is not None
+    try:
+        first: list[tuple[int, list[dict[str, Any]]]] = []
+        body = request(action("a1", "create", "e1", None))
+        thread = threading.Thread(target=lambda: first.append(ask(chan.path, "apply", body)))
+        thread.start()
+        deadline = time.monotonic() + 15
+        while not log.exists() and time.monotonic() < deadline:
+            time.sleep(0.05)
+        _, again = ask(chan.path, "apply", body)
+        thread.join(15)
+        assert first[0][1][-1]["result"]["results"][0]["outcome"] == "ok"
+        assert again[-1]["result"]["results"][0]["outcome"] == "already"
+        assert len(log.read_text().splitlines()) == 1  # the work was done once
+    finally:
+        chan.close()
 
 
 def test_a_client_that_goes_away_does_not_stop_the_apply(tmp_path: Path) -> None:
