@@ -185,7 +185,24 @@ def _open_repo(path: str | os.PathLike[str]) -> tuple[Any, str]:
     return repo, "" if sub == "." else sub
 
 
+def _maybe_git(path: str | os.PathLike[str]) -> bool:
+    """Whether ``path`` or a parent could be a Git repository (what gitpython searches).
+
+    A work tree has ``.git`` (a directory, or a file for worktrees and
+    submodules) in it or a parent; a bare repository is a directory with
+    ``HEAD`` and ``objects``. Without either, importing gitpython (~80 ms, far
+    more on a loaded machine) only to hear "not a repository" is skipped.
+    """
+    here = Path(path).resolve()
+    for d in (here, *here.parents):
+        if (d / ".git").exists() or ((d / "HEAD").is_file() and (d / "objects").is_dir()):
+            return True
+    return False
+
+
 def _work_tree_state(path: str | os.PathLike[str]) -> tuple[str | None, bool]:
+    if not _maybe_git(path):
+        return None, False
     try:
         repo, sub = _open_repo(path)
     except FleetError:

@@ -14,14 +14,26 @@ For each action, under the inventory lock:
 A crash between intent and commit leaves ``pending`` equal to the action's
 etag; the same action, retried, finishes the job. A different action sees the
 pending change and is refused. The JSON shapes are in docs/protocol.md.
+
+An action is also *in flight* while its process works on it, which now
+outlives the client that sent it (the supervisor's request channel, the
+reconciler's connection holder): a resumed apply may send the same action
+while the first is still booting the machine. So each action holds a work
+lock for its resource (an flock, one of :data:`WORK_STRIPES` files, released
+by the kernel if the process dies) from its decision to its commit: the second
+sender waits, then finds the work done (``already``) or, if the first died,
+finishes it. Exactly one process does the work either way.
 """
 
 from __future__ import annotations
 
+import contextlib
+import fcntl
+import hashlib
 import json
 import logging
 import time
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass
 from typing import Any
 
@@ -31,6 +43,7 @@ from hostagent.inventory import Entry, Inventory
 log = logging.getLogger(__name__)
 
 PROTOCOL_VERSION = 1
+WORK_STRIPES = 256  # work lock files under <inventory>/work/ (a bounded set)
 Json = Any
 Sink = Callable[[dict[str, Json]], None]
 
@@ -159,7 +172,22 @@ class Agent:
             return self._gate(act, handler, emit)
         return result
 
+    @contextlib.contextmanager
+    def _working_on(self, kind: str, rid: str) -> Iterator[None]:
+        """The work lock of one resource (see the module docstring)."""
+        locks = self.inventory.directory / "work"
+        locks.mkdir(parents=True, exist_ok=True)
+        digest = hashlib.sha256(f"{kind}\0{rid}".encode()).digest()
+        stripe = int.from_bytes(digest[:4], "big") % WORK_STRIPES
+        with open(locks / f"{stripe:03d}.lock", "a+") as lock:
+            fcntl.flock(lock, fcntl.LOCK_EX)
+            yield
+
     def _change(self, act: _Act, handler: H.Handler, emit: H.Emit) -> dict[str, Json]:
+        with self._working_on(act.kind, act.id_of_resource):
+            return self._change_locked(act, handler, emit)
+
+    def _change_locked(self, act: _Act, handler: H.Handler, emit: H.Emit) -> dict[str, Json]:
         kind, rid, verb = act.kind, act.id_of_resource, act.verb
         with self.inventory.transaction() as state:
             entry = state.get(kind, rid)

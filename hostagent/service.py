@@ -18,6 +18,7 @@ import hostagent
 from hostagent import (
     announcer,
     bird,
+    channel,
     edge,
     images,
     listener,
@@ -121,6 +122,20 @@ def request(data_dir: Path, verb: str) -> int:
     return wire.serve_request(lambda: build_agent(data_dir), verb)
 
 
+def request_channel(data_dir: Path) -> channel.Channel | None:
+    """``apply`` requests forwarded by the relay, answered by forks of this loaded agent.
+
+    Must run before ``serve`` starts a thread (see :mod:`hostagent.channel`).
+    """
+
+    def warm() -> None:
+        routes = build_agent(data_dir).handlers.get(edge.KIND)
+        if isinstance(routes, edge.RouteHandler):
+            routes.edge.warm()  # a one-route change then costs no template compile
+
+    return channel.start(data_dir, lambda: build_agent(data_dir), warm)
+
+
 class JsonFormatter(logging.Formatter):
     def format(self, record: logging.LogRecord) -> str:
         message = record.getMessage()
@@ -159,6 +174,7 @@ def serve(
     root.setLevel(logging.INFO)
     cfg = config_mod.load(data_dir)
     agent = build_agent(data_dir)
+    requests = request_channel(data_dir)  # before any thread starts: it forks
     machine_kind = agent.handlers["machine"]
     inventory = Inventory(cfg.inventory_dir)
     # The supervisor's own network handlers (their tickers keep state between passes).
@@ -180,6 +196,8 @@ def serve(
     try:
         sup.run(stop, interval)
     finally:
+        if requests is not None:
+            requests.close()
         if observer is not None:
             observer.close()
         if waking is not None:

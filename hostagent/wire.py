@@ -16,13 +16,21 @@ from __future__ import annotations
 import json
 import sys
 from collections.abc import Callable
-from typing import IO, Any
+from typing import IO, Any, Protocol
 
 from hostagent.agent import Agent, AgentError, stream_apply
 from hostagent.config import ConfigError
 
 
-def _error(out: IO[str], type_: str, message: str) -> int:
+class Out(Protocol):
+    """Where answer lines go: stdout, or the request channel's socket (:mod:`hostagent.channel`)."""
+
+    def write(self, text: str, /) -> int: ...
+
+    def flush(self) -> None: ...
+
+
+def _error(out: Out, type_: str, message: str) -> int:
     out.write(_error_line(type_, message))
     out.flush()
     return 1
@@ -41,7 +49,7 @@ def serve_request(
     make_agent: Callable[[], Agent],
     verb: str,
     stdin: IO[str] = sys.stdin,
-    out: IO[str] = sys.stdout,
+    out: Out = sys.stdout,
 ) -> int:
     """Answer one observe or apply request; the exit status for the process."""
     try:

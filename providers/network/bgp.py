@@ -24,11 +24,13 @@ from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from enum import StrEnum
 from functools import cache
-
-import jinja2
+from typing import TYPE_CHECKING
 
 from fleet import model
 from fleet.errors import ProviderError
+
+if TYPE_CHECKING:  # jinja2 is imported when a config is rendered (see _environment)
+    import jinja2
 
 GRACEFUL_SHUTDOWN = (65535, 0)  # RFC 8326 well-known community
 MAX_ASN = 4_294_967_295
@@ -195,6 +197,10 @@ def validate(config: BirdConfig) -> None:
 
 @cache
 def _environment() -> jinja2.Environment:
+    # Imported here: the planner imports this module for its pure parts (specs,
+    # checks) on every `reconcile plan`/`apply`, which render no BIRD config.
+    import jinja2  # noqa: PLC0415
+
     return jinja2.Environment(
         loader=jinja2.PackageLoader("providers.network", "templates"),
         undefined=jinja2.StrictUndefined,

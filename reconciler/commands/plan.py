@@ -22,7 +22,7 @@ from reconciler.commands import common
 from reconciler.commands import observe as observe_commands
 from reconciler.core import observed, planfile, planner, render
 from reconciler.core import plan as P
-from reconciler.hosts import protocol
+from reconciler.hosts import factory, protocol
 from reconciler.state import base as state_base
 
 
@@ -74,12 +74,24 @@ def _now() -> str:
 
 def make_plan(args: argparse.Namespace) -> P.Plan:
     """Load, observe (or read the snapshot), plan: the path plan and apply share."""
+    return _planned(args)[0]
+
+
+def _planned(
+    args: argparse.Namespace,
+) -> tuple[P.Plan, fleet_load.Loaded, factory.Factory | None]:
+    """The plan, the fleet it was made from and the host clients that observed it
+    (None for a saved snapshot): ``apply`` goes on with the same ones instead of
+    loading the fleet and setting up its connections a second time."""
     with gcpause.paused():
         return _make_plan(args)
 
 
-def _make_plan(args: argparse.Namespace) -> P.Plan:
+def _make_plan(
+    args: argparse.Namespace,
+) -> tuple[P.Plan, fleet_load.Loaded, factory.Factory | None]:
     loaded = fleet_load.load(args.fleet, args.ref)
+    clients: factory.Factory | None = None
     if args.observed:
         try:
             text = Path(args.observed).read_text()
@@ -97,7 +109,8 @@ def _make_plan(args: argparse.Namespace) -> P.Plan:
         allow_anycast_withdraw=args.allow_anycast_withdraw,
     )
     origin = P.FleetRef(loaded.origin.commit, loaded.origin.dirty, loaded.origin.ref)
-    return planner.make(loaded.fleet, snap, origin=origin, options=options, created_at=_now())
+    plan = planner.make(loaded.fleet, snap, origin=origin, options=options, created_at=_now())
+    return plan, loaded, clients
 
 
 def _verbosity(args: argparse.Namespace) -> int:
@@ -118,6 +131,8 @@ def plan_cmd(args: argparse.Namespace) -> int:
 
 
 def apply_cmd(args: argparse.Namespace) -> int:
+    loaded: fleet_load.Loaded | None = None
+    make_client: factory.Factory | None = None
     if args.planfile:
         try:
             text = Path(args.planfile).read_text()
@@ -125,7 +140,7 @@ def apply_cmd(args: argparse.Namespace) -> int:
             raise FleetError(f"{args.planfile}: {exc.strerror}") from exc
         plan, digest = planfile.loads(text, args.planfile)
     else:
-        plan = make_plan(args)
+        plan, loaded, make_client = _planned(args)
         digest = planfile.digest_of(planfile.to_json(plan))
     sys.stdout.write(render.text(plan, _verbosity(args)))
     if plan.fleet.dirty and not args.allow_dirty:
@@ -140,8 +155,10 @@ def apply_cmd(args: argparse.Namespace) -> int:
         if answer.strip() != "yes":
             print("Apply cancelled.")
             return 1
-    loaded = fleet_load.load(args.fleet, args.ref)
-    make_client = observe_commands.host_factory(args)
+    if loaded is None:
+        loaded = fleet_load.load(args.fleet, args.ref)
+    if make_client is None:
+        make_client = observe_commands.host_factory(args)
     clients: dict[str, protocol.HostClient] = {}
     for name, host in loaded.fleet.hosts.items():
         clients[name] = make_client(host)

@@ -13,13 +13,20 @@ not give a valid answer (no supervisor, forwarding disabled, an old agent, a
 broken answer) it falls back to ``fleet-agent observe`` on an exec channel,
 which stays the authority; after a failure the port is left alone for
 ``PORT_RETRY_S``. See docs/protocol.md, "The observe port".
+
+The exec verbs run through the agent's thin relay (:func:`agent_command`):
+a Python without ``site`` that forwards the request to the running
+supervisor's request channel, or becomes ``fleet-agent VERB`` when there is
+none (docs/agent.md, "How actions reach the agent").
 """
 
 from __future__ import annotations
 
 import json
 import logging
+import posixpath
 import secrets
+import shlex
 import time
 from collections.abc import Callable, Sequence
 from contextlib import AbstractContextManager
@@ -44,6 +51,28 @@ APPLY_TIMEOUT_S = 3600.0
 OBSERVE_PORT = 7930  # hostagent.config.OBSERVE_PORT: the supervisor's loopback port
 PORT_TIMEOUT_S = 10.0  # a free channel slot, opening the channel, sending the request
 PORT_RETRY_S = 60.0
+
+
+def agent_command(agent: str, verb: str) -> str:
+    """The shell command that runs ``fleet-agent VERB`` on the host, the fast way.
+
+    For an agent installed by bootstrap (``<venv>/bin/fleet-agent``): the relay
+    ``hostagent/relay.py`` of the same venv, run by its Python without ``site``
+    (~40 ms instead of the agent's imports), which hands the request to
+    ``fleet-agent serve`` or else execs ``fleet-agent VERB`` itself. An agent
+    installed before the relay existed runs ``fleet-agent VERB`` directly; exit
+    status 127 still means no agent at all.
+    """
+    if not agent.startswith("/") or posixpath.basename(agent) != "fleet-agent" or " " in agent:
+        return f"{agent} {verb}"  # a command line of its own (tests): run as given
+    bindir = posixpath.dirname(agent)
+    venv = shlex.quote(posixpath.dirname(bindir))
+    python = shlex.quote(posixpath.join(bindir, "python"))
+    return (
+        f"for r in {venv}/lib/python3*/site-packages/hostagent/relay.py; do "
+        f'[ -f "$r" ] && exec {python} -E -s -S "$r" {verb}; done; '
+        f"exec {shlex.quote(agent)} {verb}"
+    )
 
 
 class Channel(Protocol):
@@ -159,7 +188,7 @@ class AgentClient:
 
     def _observe_exec(self) -> observed.HostObservation:
         result = self.conn.exec(
-            f"{self.agent} observe", stdin=self._request(), timeout=OBSERVE_TIMEOUT_S
+            agent_command(self.agent, "observe"), stdin=self._request(), timeout=OBSERVE_TIMEOUT_S
         )
         self._check(result, "observe")
         lines = result.lines()
@@ -197,7 +226,7 @@ class AgentClient:
                 results.extend(_results(self.name, result))
 
         answer = self.conn.exec(
-            f"{self.agent} apply",
+            agent_command(self.agent, "apply"),
             stdin=json.dumps(request).encode(),
             on_line=on_line,
             timeout=APPLY_TIMEOUT_S,

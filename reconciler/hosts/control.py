@@ -22,9 +22,13 @@ Lifetime: the holder exits after ``$FLEET_SSH_PERSIST`` seconds (default 60)
 without a request, when its socket is removed, or on SIGTERM.
 ``FLEET_SSH_PERSIST=0`` turns holding off: every run connects afresh.
 
-Only observing goes through the holder (one request line, one answer line per
-host). Everything else (``fleet-agent apply``, uploads, the exec fallback of
-observe) uses a direct connection of the running command, as before.
+Observing goes through the holder (one request line, one answer line per
+host), and so do the agent's exec verbs (``fleet-agent apply`` and observe's
+exec fallback, as :mod:`reconciler.hosts.agentclient` sends them; the holder
+runs no other command): their stdout lines are relayed as they arrive, then
+the exit status and stderr. A run that applies through the holder imports no
+SSH library and makes no connection of its own. Anything else (uploads,
+bootstrap) uses a direct connection of the running command.
 """
 
 from __future__ import annotations
@@ -45,6 +49,7 @@ from typing import TYPE_CHECKING, Any
 
 from fleet import errors
 from fleet.model import SSHTarget
+from reconciler.hosts import result as result_mod
 
 if TYPE_CHECKING:  # the transport is imported only when a direct connection is needed
     from reconciler.hosts import ssh
@@ -55,7 +60,7 @@ ENV_PERSIST = "FLEET_SSH_PERSIST"
 ENV_DIR = "FLEET_SSH_CONTROL_DIR"
 DEFAULT_PERSIST_S = 60.0
 START_TIMEOUT_S = 10.0
-VERSION = 1  # of the request/answer lines below; part of the socket's name
+VERSION = 2  # of the request/answer lines below; part of the socket's name
 MAX_SOCKET_PATH = 107  # sun_path, less its terminating NUL (Linux)
 
 # The errors a holder may report, by class name; anything else is a HostError.
@@ -367,5 +372,69 @@ class HeldConnection:
         stdin: bytes | None = None,
         on_line: Callable[[str], None] | None = None,
         timeout: float | None = None,
-    ) -> ssh.ExecResult:
+    ) -> result_mod.ExecResult:
+        """``command`` run by the holder (the agent's verbs), else over our own connection."""
+        if not self.gone:
+            try:
+                return self._exec_held(command, stdin, on_line, timeout)
+            except HolderGone:
+                pass  # nothing was sent: the same command over our own connection
         return self.direct().exec(command, stdin=stdin, on_line=on_line, timeout=timeout)
+
+    def _exec_held(
+        self,
+        command: str,
+        stdin: bytes | None,
+        on_line: Callable[[str], None] | None,
+        timeout: float | None,
+    ) -> result_mod.ExecResult:
+        limit = 3600.0 if timeout is None else timeout
+        body = {
+            "op": "exec",
+            "host": self.host,
+            "target": _target_json(self.target),
+            "command": command,
+            "stdin": (stdin or b"").decode("utf-8"),
+            "timeout": limit,
+        }
+        started = time.monotonic()
+        sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+        try:
+            sock.settimeout(self.timeout)
+            try:
+                sock.connect(str(self.path))
+                sock.sendall(json.dumps(body).encode() + b"\n")
+            except OSError as exc:
+                self.gone = True
+                log.info("%s: ssh holder %s: %s; connecting directly", self.host, self.path, exc)
+                raise HolderGone(self.path) from exc
+            # From here the command may be running: never sent twice.
+            sock.settimeout(limit + 3 * self.timeout)
+            out = bytearray()
+            with sock.makefile("rb") as answers:
+                for raw in answers:
+                    doc = json.loads(raw)
+                    if "line" in doc:
+                        line = str(doc["line"])
+                        out += line.encode("utf-8") + b"\n"
+                        if on_line is not None:
+                            on_line(line)
+                        continue
+                    if isinstance(doc.get("error"), dict) and doc["error"].get("type") == "NotHeld":
+                        raise HolderGone(self.path)  # refused before running anything
+                    _raise_if_error(self.host, doc)
+                    return result_mod.ExecResult(
+                        self.host,
+                        command,
+                        int(doc["exit"]),
+                        bytes(out),
+                        str(doc.get("stderr", "")).encode("utf-8"),
+                        time.monotonic() - started,
+                    )
+        except (OSError, ValueError, KeyError, TypeError) as exc:
+            raise errors.HostError(
+                self.host, f"ssh holder: the agent's answer broke off: {exc}"
+            ) from exc
+        finally:
+            sock.close()
+        raise errors.HostError(self.host, "ssh holder: closed before the command's exit status")

@@ -12,6 +12,10 @@ Requests are one JSON line each on the unix socket, answered with one line:
 - ``{"op": "ask", "host", "target", "address", "port", "data", "timeout"}``:
   a new ``direct-tcpip`` channel from the host to ``address:port``, ``data``
   sent, one line read back -> ``{"line": ...}``.
+- ``{"op": "exec", "host", "target", "command", "stdin", "timeout"}``: one of
+  the agent's protocol commands (:data:`HELD_COMMANDS`; anything else is
+  refused with ``NotHeld``) on a new exec channel -> one ``{"line": ...}`` per
+  stdout line as it arrives, then ``{"exit": N, "stderr": ...}``.
 
 A failure is ``{"error": {"type": "HostUnreachable", "message": ...}}`` (the
 class names of :mod:`fleet.errors`).
@@ -29,16 +33,23 @@ import struct
 import sys
 import threading
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
 from fleet import errors
-from reconciler.hosts import control, hostkeys, ssh
+from reconciler.hosts import agentclient, control, hostkeys, ssh
 
 log = logging.getLogger("reconciler.hosts.holder")
 
 POLL_S = 1.0  # how often the idle time and the socket file are checked
+# The only commands a client may run through the holder: the agent's protocol
+# verbs, as agentclient sends them. The holder is an optimisation for talking
+# to the agent, not a general remote shell for whoever shares our uid.
+HELD_COMMANDS = frozenset(
+    agentclient.agent_command(agentclient.AGENT, verb) for verb in ("observe", "apply")
+)
+Send = Callable[[dict[str, Any]], None]
 
 
 class Holder:
@@ -75,6 +86,30 @@ class Holder:
             return {"error": {"type": "HostError", "message": f"ssh holder: {exc!r}"}}
         return {"error": {"type": "ProtocolError", "message": f"unknown op {op!r}"}}
 
+    def exec(self, body: dict[str, Any], send: Send) -> dict[str, Any]:
+        """Run an agent command on the host, each stdout line sent on as it comes."""
+        host = str(body.get("host", ""))
+        try:
+            command = str(body["command"])
+            if command not in HELD_COMMANDS:
+                return {"error": {"type": "NotHeld", "message": "not an agent command"}}
+            conn = self.pool.get(host, control.target_from_json(body["target"]))
+            result = conn.exec(
+                command,
+                stdin=str(body.get("stdin", "")).encode("utf-8"),
+                on_line=lambda line: send({"line": line}),
+                timeout=float(body.get("timeout", 3600.0)),
+            )
+        except errors.HostError as exc:
+            return {"error": {"type": type(exc).__name__, "message": exc.message}}
+        except (KeyError, TypeError, ValueError) as exc:
+            return {"error": {"type": "ProtocolError", "message": f"bad request: {exc!r}"}}
+        except Exception as exc:  # a bug: logged with its traceback, the holder stays up
+            log.exception("exec failed")
+            return {"error": {"type": "HostError", "message": f"ssh holder: {exc!r}"}}
+        stderr = result.stderr.decode("utf-8", "replace")
+        return {"exit": result.exit_status, "stderr": stderr, "seconds": result.seconds}
+
     def serve_one(self, client: socket.socket) -> None:
         with self._lock:
             self._busy += 1
@@ -89,7 +124,12 @@ class Holder:
                     body = json.loads(line)
                 except ValueError:
                     body = {}
-                answer = self.handle(body if isinstance(body, dict) else {})
+                if not isinstance(body, dict):
+                    body = {}
+                if body.get("op") == "exec":
+                    answer = self.exec(body, _sender(client))
+                else:
+                    answer = self.handle(body)
                 client.sendall(json.dumps(answer).encode() + b"\n")
         except OSError as exc:
             log.info("client: %s", exc)
@@ -101,6 +141,23 @@ class Holder:
     def idle_for(self) -> float:
         with self._lock:
             return 0.0 if self._busy else time.monotonic() - self._last
+
+
+def _sender(client: socket.socket) -> Send:
+    """Lines to a client that may have gone: the command still runs to its end."""
+    gone = False
+
+    def send(doc: dict[str, Any]) -> None:
+        nonlocal gone
+        if gone:
+            return
+        try:
+            client.sendall(json.dumps(doc).encode() + b"\n")
+        except OSError as exc:
+            gone = True
+            log.info("client gone while its command runs: %s", exc)
+
+    return send
 
 
 def _same_user(client: socket.socket) -> bool:

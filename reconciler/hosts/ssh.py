@@ -36,42 +36,28 @@ import random
 import secrets
 import select
 import shlex
-import sys
 import threading
 import time
 from collections.abc import Callable, Iterator, Mapping
 from contextlib import contextmanager, suppress
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import IO, TypeVar
 
 from fleet import errors
 from fleet.model import Host, SSHTarget
-from reconciler.hosts import control, dial, hostkeys
-
-
-@contextmanager
-def _unimportable(name: str) -> Iterator[None]:
-    """Within the block, ``import name`` fails (unless it is already imported)."""
-    if name in sys.modules:
-        yield
-        return
-    sys.modules[name] = None  # type: ignore[assignment]  # the import system's "not importable"
-    try:
-        yield
-    finally:
-        if sys.modules.get(name, 0) is None:
-            del sys.modules[name]
-
+from reconciler import imports
+from reconciler.hosts import control, dial, hostkeys, result
 
 # paramiko.config imports `invoke` (and through it asyncio and unittest.mock) only
 # for `Match exec` in ssh_config files, which we never read: about half of
 # paramiko's import time, paid by every `reconcile` command that connects.
 # Without it paramiko sets `invoke = None` and works the same for us.
-with _unimportable("invoke"):
+with imports.unimportable("invoke"):
     import paramiko
     from paramiko.common import cMSG_CHANNEL_REQUEST
 
+ExecResult = result.ExecResult  # part of this module's API; defined apart (no paramiko)
 log = logging.getLogger(__name__)
 
 ENV_KEY = "FLEET_SSH_KEY"
@@ -171,25 +157,6 @@ def load_credentials(
             f"no SSH key: pass --ssh-key PATH, set ${ENV_KEY}, or add a key to ssh-agent"
         )
     return Credentials(agent_keys, "ssh-agent")
-
-
-@dataclass(frozen=True, slots=True)
-class ExecResult:
-    """What a finished command left: exit status, stdout and stderr bytes, duration."""
-
-    host: str
-    command: str
-    exit_status: int
-    stdout: bytes = field(repr=False)
-    stderr: bytes = field(repr=False)
-    seconds: float
-
-    @property
-    def ok(self) -> bool:
-        return self.exit_status == 0
-
-    def lines(self) -> list[str]:
-        return self.stdout.decode("utf-8", "replace").splitlines()
 
 
 def _with_remote_timeout(command: str, seconds: float) -> str:

@@ -5,6 +5,8 @@ from __future__ import annotations
 import dataclasses
 import ipaddress
 import json
+import subprocess
+import sys
 from pathlib import Path
 from typing import Any
 
@@ -453,3 +455,15 @@ def test_fast_makers_build_the_same_frozen_objects() -> None:
         fast.etag = "other"  # type: ignore[misc]
     with pytest.raises(TypeError, match="not a frozen"):
         frozen.maker(schedule._Free)
+
+
+def test_deepdiff_is_loaded_without_pydantic() -> None:
+    # deepdiff imports pydantic only to compare pydantic models; the diff never
+    # passes any, and the import was half of deepdiff's (reconciler/imports.py).
+    code = (
+        "import sys; from reconciler.core import diff; "
+        "diff._deepdiff({'a': {'b': 1}}, {'a': {'b': 2}}, 'route', diff.resources.rules('route')); "
+        "print('deepdiff' in sys.modules, 'pydantic' in sys.modules)"
+    )
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert out.stdout.split() == ["True", "False"]

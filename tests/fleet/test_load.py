@@ -125,3 +125,11 @@ def test_fleetignore_and_hidden_directories(tmp_path: Path) -> None:
 def test_missing_directory() -> None:
     with pytest.raises(FleetError, match="fleet directory does not exist"):
         load.load_dir("/nonexistent/fleet")
+
+
+def test_a_directory_outside_git_records_no_commit_without_asking_git(tmp_path: Path) -> None:
+    shutil.copytree(EXAMPLES, tmp_path / "fleet")
+    loaded = load.load(tmp_path / "fleet")
+    assert loaded.origin.commit is None and loaded.origin.dirty is False
+    assert not load._maybe_git(tmp_path / "fleet")
+    assert load._maybe_git(EXAMPLES)  # this checkout

@@ -21,7 +21,8 @@ import pytest
 from fleet import errors
 from fleet.model import SSHTarget
 from hostagent import listener
-from reconciler.hosts import control, hostkeys, ssh
+from reconciler.hosts import agentclient, control, hostkeys, ssh
+from reconciler.hosts import holder as holder_mod
 from tests.hosts.sshd import SSHDaemon, free_port, keygen
 from tests.hosts.test_observe_port import agent, client, data_dir, host, line_server
 
@@ -187,3 +188,40 @@ def test_sigterm_removes_the_socket(sshd, env):
         while path.exists() and time.monotonic() < deadline:
             time.sleep(0.05)
         assert not path.exists()
+
+
+def test_agent_commands_run_through_the_holder_and_nothing_else(sshd, env, creds, fast):
+    with holder(sshd, env) as path:
+        conn = held(path, sshd.target(pin=False))
+        # No agent on this machine: said as the exec channel says it (127), by the holder.
+        res = conn.exec(agentclient.agent_command(agentclient.AGENT, "apply"), stdin=b"{}")
+        assert res.exit_status == 127 and not conn.gone
+        assert sshd.accepts() == 1
+        own = ssh.SSHConnection("sea-1", sshd.target(), creds, hostkeys.HostKeyPolicy(), fast)
+        other = control.HeldConnection(path, "sea-1", sshd.target(pin=False), lambda: own)
+        assert other.exec("echo hi").lines() == ["hi"]  # not the holder's to run: our own
+        assert sshd.accepts() == 2 and not other.gone
+        own.close()
+
+
+def test_the_holder_relays_each_line_as_it_comes(sshd, pool, monkeypatch):
+    command = "echo one; sleep 0.5; echo two; echo oops >&2; exit 3"
+    monkeypatch.setattr(holder_mod, "HELD_COMMANDS", frozenset({command}))
+    target = sshd.target()
+    body = {
+        "host": "sea-1",
+        "command": command,
+        "stdin": "",
+        "timeout": 20,
+        "target": {"address": target.address, "port": target.port, "user": target.user,
+                   "host_key": target.host_key},
+    }  # fmt: skip
+    seen: list[tuple[float, dict[str, object]]] = []
+    answer = holder_mod.Holder(pool, 30).exec(
+        body, lambda doc: seen.append((time.monotonic(), doc))
+    )
+    assert [doc for _, doc in seen] == [{"line": "one"}, {"line": "two"}]
+    assert seen[1][0] - seen[0][0] >= 0.4  # the first line went on before the command ended
+    assert answer["exit"] == 3 and answer["stderr"] == "oops\n"
+    refused = holder_mod.Holder(pool, 30).exec({**body, "command": "true"}, seen.append)
+    assert refused["error"]["type"] == "NotHeld"
