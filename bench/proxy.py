@@ -140,12 +140,15 @@ def wrk_result(proc: subprocess.Popen[str], seconds: float) -> tuple[float, floa
     return rps, p99, errors, requests
 
 
-def fleet_table(port: int, backend: int, apps: int, *, shared: bool = False) -> t.RoutingTable:
+def fleet_table(
+    port: int, backend: int, apps: int, *, shared: bool = False, replay: bool = True
+) -> t.RoutingTable:
     """``apps`` apps on ``port``, ``web`` on 127.0.0.1: each on an address of its own.
 
     That is what a fleet gets (``validate`` refuses two apps on one address
     and port). ``shared=True`` puts them all on 127.0.0.1, the costlier case
-    of a table where apps share an address and HAProxy routes by Host.
+    of a table where apps share an address and HAProxy routes by Host;
+    ``replay=False`` is every app with ``fly_replay: false``.
     """
     routes = []
     for i in range(apps):
@@ -156,7 +159,14 @@ def fleet_table(port: int, backend: int, apps: int, *, shared: bool = False) -> 
         remote = t.Server("ams.1", t.Role.REMOTE, "127.0.0.1", backend, "ams", f"{name}/ams#1")
         routes.append(
             t.Route(
-                name, 0, t.Mode.HTTP, lst, (srv, remote), (f"{name}.fleet.test",), hard_limit=None
+                name,
+                0,
+                t.Mode.HTTP,
+                lst,
+                (srv, remote),
+                (f"{name}.fleet.test",),
+                hard_limit=None,
+                replay=replay,
             )
         )
     return t.RoutingTable("bench-1", "sea", tuple(routes))
@@ -191,6 +201,7 @@ def route_change_trials(
                 web.servers[1],
             ),
             web.hostnames,
+            replay=web.replay,
         )
         nxt = t.RoutingTable(current.host, current.region, (moved, *current.routes[1:]))
         began = time.perf_counter()
@@ -237,6 +248,7 @@ def main() -> None:
     p.add_argument(
         "--shared-address", action="store_true", help="all apps on one address: routed by Host"
     )
+    p.add_argument("--no-replay", action="store_true", help="every app with fly_replay: false")
     args = p.parse_args()
 
     work = Path(tempfile.mkdtemp(prefix="bench-proxy-"))
@@ -258,7 +270,9 @@ def main() -> None:
         ours = free_port()
         options = haproxy.Options(state_dir=work / "ours", nbthread=1)
         edge = proxy.EdgeProxy(options)
-        table = fleet_table(ours, b1, args.apps, shared=args.shared_address)
+        table = fleet_table(
+            ours, b1, args.apps, shared=args.shared_address, replay=not args.no_replay
+        )
         edge.start(table)
         assert edge.process.pid is not None
         os.sched_setaffinity(0, set(range(os.cpu_count() or 1)))

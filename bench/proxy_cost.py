@@ -81,6 +81,7 @@ def main() -> None:
     p.add_argument(
         "--shared-address", action="store_true", help="all apps on one address: routed by Host"
     )
+    p.add_argument("--no-replay", action="store_true", help="every app with fly_replay: false")
     args = p.parse_args()
     if not shutil.which("valgrind") or not shutil.which("callgrind_control"):
         raise SystemExit("bench.proxy_cost: needs valgrind (apt-get install valgrind)")
@@ -96,7 +97,9 @@ def main() -> None:
         )
         (work / "minimal.cfg").write_text(bench.MINIMAL_CFG.format(port=minimal, backend=b1))
         options = haproxy.Options(state_dir=work / "ours", nbthread=1)
-        table = bench.fleet_table(ours, b1, args.apps, shared=args.shared_address)
+        table = bench.fleet_table(
+            ours, b1, args.apps, shared=args.shared_address, replay=not args.no_replay
+        )
         files = haproxy.render(table, options)
         files[options.config_path] = quiet_checks(files[options.config_path])
         haproxy.write(files)

@@ -194,7 +194,7 @@ def render(table: t.RoutingTable, options: Options) -> dict[Path, str]:
         table=table,
         o=options,
         http_frontends=frontends,
-        http_routes=http_routes,
+        replay_routes=[r for r in http_routes if r.replay],
         tcp_routes=tcp_routes,
     )
     return files

@@ -6,6 +6,7 @@ tests stop a later change from quietly putting the cost back on every request.
 
 from __future__ import annotations
 
+import dataclasses
 import re
 from pathlib import Path
 
@@ -77,3 +78,17 @@ def test_replay_keeps_two_variables_and_a_body_only_when_there_is_one(tmp_path: 
         "http-request set-var(txn.rq_body) req.body if { req.body_size gt 0 }",
         "http-response lua.fly_replay if { res.hdr(fly-replay) -m found }",
     ]
+
+
+def test_replay_off_leaves_requests_alone(tmp_path: Path) -> None:
+    on = route("a", 8080, (server("sea.1", 9001),))
+    off = dataclasses.replace(route("b", 8081, (server("sea.1", 9002),)), replay=False)
+    config, maps = render(table(on, off), tmp_path)
+    assert section(config, "backend be_b_0") == [
+        "mode http",
+        "balance leastconn",
+        "server sea.1 127.0.0.1:9002 weight 100 check inter 1s fall 2 rise 1",
+    ]
+    assert "be_b_0" not in maps["replay.map"]
+    alone, _ = render(table(off), tmp_path)
+    assert "lua-load" not in alone
