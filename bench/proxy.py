@@ -1,8 +1,10 @@
 """Benchmark: the edge proxy's generated HAProxy config vs a hand-written minimal one.
 
 In one run, side by side: wrk straight to the backend, through a minimal
-hand-written HAProxy config, and through our generated config (100 apps,
-Host map routing, replay bookkeeping, buffering) to the same backend. Both
+hand-written HAProxy config, and through our generated config (100 apps, each
+on its own loopback address as a fleet has them, replay bookkeeping,
+buffering; ``--shared-address``: all on one address, routed by a Host map) to
+the same backend. Both
 proxies run master-worker with one thread on CPU 0; wrk and the backend run
 on CPU 1. The backend is HAProxy answering ``http-request return``, so it is
 never the bottleneck.
@@ -138,16 +140,33 @@ def wrk_result(proc: subprocess.Popen[str], seconds: float) -> tuple[float, floa
     return rps, p99, errors, requests
 
 
-def fleet_table(port: int, backend: int, apps: int) -> t.RoutingTable:
+def fleet_table(
+    port: int, backend: int, apps: int, *, shared: bool = False, replay: bool = True
+) -> t.RoutingTable:
+    """``apps`` apps on ``port``, ``web`` on 127.0.0.1: each on an address of its own.
+
+    That is what a fleet gets (``validate`` refuses two apps on one address
+    and port). ``shared=True`` puts them all on 127.0.0.1, the costlier case
+    of a table where apps share an address and HAProxy routes by Host;
+    ``replay=False`` is every app with ``fly_replay: false``.
+    """
     routes = []
     for i in range(apps):
         name = "web" if i == 0 else f"app{i:03d}"
-        lst = (t.Listener("127.0.0.1", port, False, True),)
+        address = "127.0.0.1" if shared or i == 0 else f"127.1.{i // 256}.{i % 256}"
+        lst = (t.Listener(address, port, False, True),)
         srv = t.Server("sea.1", t.Role.LOCAL, "127.0.0.1", backend, "sea", f"{name}/sea#1")
         remote = t.Server("ams.1", t.Role.REMOTE, "127.0.0.1", backend, "ams", f"{name}/ams#1")
         routes.append(
             t.Route(
-                name, 0, t.Mode.HTTP, lst, (srv, remote), (f"{name}.fleet.test",), hard_limit=None
+                name,
+                0,
+                t.Mode.HTTP,
+                lst,
+                (srv, remote),
+                (f"{name}.fleet.test",),
+                hard_limit=None,
+                replay=replay,
             )
         )
     return t.RoutingTable("bench-1", "sea", tuple(routes))
@@ -182,6 +201,7 @@ def route_change_trials(
                 web.servers[1],
             ),
             web.hostnames,
+            replay=web.replay,
         )
         nxt = t.RoutingTable(current.host, current.region, (moved, *current.routes[1:]))
         began = time.perf_counter()
@@ -225,6 +245,10 @@ def main() -> None:
     p.add_argument("--connections", type=int, default=50)
     p.add_argument("--apps", type=int, default=100)
     p.add_argument("--trials", type=int, default=20)
+    p.add_argument(
+        "--shared-address", action="store_true", help="all apps on one address: routed by Host"
+    )
+    p.add_argument("--no-replay", action="store_true", help="every app with fly_replay: false")
     args = p.parse_args()
 
     work = Path(tempfile.mkdtemp(prefix="bench-proxy-"))
@@ -246,7 +270,9 @@ def main() -> None:
         ours = free_port()
         options = haproxy.Options(state_dir=work / "ours", nbthread=1)
         edge = proxy.EdgeProxy(options)
-        table = fleet_table(ours, b1, args.apps)
+        table = fleet_table(
+            ours, b1, args.apps, shared=args.shared_address, replay=not args.no_replay
+        )
         edge.start(table)
         assert edge.process.pid is not None
         os.sched_setaffinity(0, set(range(os.cpu_count() or 1)))

@@ -143,6 +143,7 @@ def _service(raw: Mapping[str, Any]) -> model.Service:
         ),
         auto_stop_machines=model.AutoStop(auto_stop),
         auto_start_machines=raw.get("auto_start_machines", True),
+        fly_replay=raw.get("fly_replay", True),
         min_machines_running=raw.get("min_machines_running", 0),
     )
 

@@ -197,6 +197,9 @@ class Service:
     auto_stop_machines: AutoStop
     auto_start_machines: bool
     min_machines_running: int
+    # the edge keeps each HTTP request replayable (a `fly-replay` answer re-sends it);
+    # false saves that per-request work for apps that never answer with fly-replay
+    fly_replay: bool = True
 
 
 @dataclass(frozen=True, slots=True)

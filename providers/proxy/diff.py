@@ -185,11 +185,12 @@ def replay_entries(table: t.RoutingTable) -> dict[str, str]:
 
     ``BE/any`` lists every machine in preference order, ``BE/region/R`` those of
     region R, ``BE/instance/NAME`` one machine. A target is ``name|addr|port``;
-    several are joined by commas. Draining machines and the waker are not targets.
+    several are joined by commas. Draining machines and the waker are not targets;
+    routes with replay off have none.
     """
     out: dict[str, str] = {}
     for route in table.routes:
-        if route.mode is not t.Mode.HTTP:
+        if route.mode is not t.Mode.HTTP or not route.replay:
             continue
         machines = [s for s in route.servers if s.role is not t.Role.WAKER and not s.draining]
         if not machines:

@@ -3,10 +3,11 @@
 The configuration is the table written out in full (every route, every
 server), so a reload or a restart always comes back to the table the runtime
 API last brought HAProxy to. HTTP listeners are grouped into one frontend per
-(port, TLS) and owning app that picks the backend by Host header (one map per
-port), falling back to the app that owns the address: apps can share an
-address and port, and each keeps its anycast address. Services without
-handlers are raw TCP, one frontend each.
+(port, TLS) and owning app (the first route listening on an address). An
+address only one app listens on goes to that app, whatever the Host; where
+apps share an address and port, the frontend picks the backend by Host header
+(a map), falling back to the owner. Services without handlers are raw TCP,
+one frontend each.
 
 Only :func:`validate` runs a program (``haproxy -c``); :func:`render` is pure.
 """
@@ -88,21 +89,24 @@ class Options:
 
 @dataclass(frozen=True, slots=True)
 class HttpFrontend:
-    """The HTTP addresses of one port (and TLS) that one app owns: routed by Host, else to it.
+    """The HTTP addresses of one port (and TLS) that one app owns: to it, or by Host if shared.
 
-    One frontend per owner rather than per port keeps routing to a single
-    map lookup per request: the owner is the lookup's default, where a
-    per-port frontend needed a second lookup by destination address and a
-    variable to carry the result (measured: ~1.7k more instructions per
-    request, about 5% of HAProxy's CPU per request on loopback).
+    One frontend per owner rather than per port lets an address decide the
+    app with no work per request (the fleet gives each app addresses of its
+    own: ``validate`` refuses two apps on one address and port). Routing by
+    Host costs ~2.4k instructions per request (header, ``lower``, map lookup,
+    a backend found by name: ~9% of HAProxy's user-space work on loopback),
+    so only a frontend whose addresses other apps share has the lookup, and
+    its default is the owner (a per-port frontend needed a second lookup by
+    destination address on top, ~1.7k more).
     """
 
     name: str
     port: int
     tls: bool
     binds: tuple[str, ...]
-    hosts_map: Path  # Host -> backend, shared by every frontend of the port
     owner: str  # the backend of the first route listening on these addresses
+    hosts_map: Path | None  # Host -> backend of the apps sharing these addresses; None: alone
 
 
 def bind(listener: t.Listener) -> str:
@@ -134,29 +138,40 @@ _ENV = _environment()
 
 
 def http_frontends(table: t.RoutingTable, options: Options) -> list[HttpFrontend]:
-    owners: dict[tuple[int, bool], dict[str, str]] = {}
+    routes_at: dict[tuple[int, bool], dict[str, list[t.Route]]] = {}
     for route in table.routes:
         if route.mode is not t.Mode.HTTP:
             continue
         for lst in route.listeners:
-            owners.setdefault((lst.port, lst.tls), {}).setdefault(bind(lst), route.name)
+            at = routes_at.setdefault((lst.port, lst.tls), {}).setdefault(bind(lst), [])
+            if all(r.name != route.name for r in at):
+                at.append(route)
     out = []
-    for (port, tls), by_bind in sorted(owners.items()):
+    for (port, tls), by_bind in sorted(routes_at.items()):
         port_name = f"fe_http_{port}" + ("_tls" if tls else "")
         groups: dict[str, list[str]] = {}
-        for address, owner in by_bind.items():
-            groups.setdefault(owner, []).append(address)
+        shared: set[str] = set()
+        for address, routes in by_bind.items():
+            groups.setdefault(routes[0].name, []).append(address)
+            if len(routes) > 1:
+                shared.add(routes[0].name)
         for owner, binds in groups.items():
-            out.append(
-                HttpFrontend(
-                    f"{port_name}_{owner.removeprefix('be_')}",
-                    port,
-                    tls,
-                    tuple(binds),
-                    options.maps_dir / f"{port_name}.hosts",
-                    owner,
-                )
-            )
+            name = f"{port_name}_{owner.removeprefix('be_')}"
+            hosts_map = options.maps_dir / f"{name}.hosts" if owner in shared else None
+            out.append(HttpFrontend(name, port, tls, tuple(binds), owner, hosts_map))
+    return out
+
+
+def host_map(table: t.RoutingTable, frontend: HttpFrontend) -> dict[str, str]:
+    """Host -> backend of the HTTP routes listening on the frontend's addresses (first wins)."""
+    out: dict[str, str] = {}
+    for r in table.routes:
+        if r.mode is t.Mode.HTTP and any(
+            lst.port == frontend.port and lst.tls == frontend.tls and bind(lst) in frontend.binds
+            for lst in r.listeners
+        ):
+            for h in r.hostnames:
+                out.setdefault(h, r.name)
     return out
 
 
@@ -166,13 +181,9 @@ def render(table: t.RoutingTable, options: Options) -> dict[Path, str]:
     http_routes = [r for r in table.routes if r.mode is t.Mode.HTTP]
     files: dict[Path, str] = {}
     for fe in frontends:
-        hosts = [
-            f"{h} {r.name}"
-            for r in http_routes
-            if any(lst.port == fe.port and lst.tls == fe.tls for lst in r.listeners)
-            for h in r.hostnames
-        ]
-        files[fe.hosts_map] = "".join(line + "\n" for line in hosts)
+        if fe.hosts_map is not None:
+            hosts = host_map(table, fe)
+            files[fe.hosts_map] = "".join(f"{h} {backend}\n" for h, backend in hosts.items())
     entries = diff.replay_entries(table)
     files[options.replay_map] = "".join(f"{k} {v}\n" for k, v in entries.items())
     tcp_routes = [r for r in table.routes if r.mode is t.Mode.TCP]
@@ -183,7 +194,7 @@ def render(table: t.RoutingTable, options: Options) -> dict[Path, str]:
         table=table,
         o=options,
         http_frontends=frontends,
-        http_routes=http_routes,
+        replay_routes=[r for r in http_routes if r.replay],
         tcp_routes=tcp_routes,
     )
     return files

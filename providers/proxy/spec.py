@@ -78,6 +78,8 @@ def _route(r: t.Route, full: bool = False) -> dict[str, Json]:
         "soft_limit": r.soft_limit,
         "hard_limit": r.hard_limit,
         "kill_timeout_s": r.kill_timeout_s,
+        # only when off: the specs of every app that keeps the default stay as they were
+        **({} if r.replay else {"replay": False}),
     }
 
 
@@ -160,6 +162,7 @@ def _parse_route(app: str, raw: Mapping[str, Json]) -> t.Route:
         soft_limit=int(raw.get("soft_limit", 20)),
         hard_limit=int(hard) if hard is not None else None,
         kill_timeout_s=float(raw.get("kill_timeout_s", 5.0)),
+        replay=bool(raw.get("replay", True)),
     )
 
 

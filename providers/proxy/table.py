@@ -17,7 +17,9 @@ routing *policy* lives:
   503 after the queue timeout); ``soft_limit`` is carried for least-connection
   balancing and autostop decisions;
 - with ``auto_start_machines`` the host's waker is the first backup server,
-  enabled while this host has a stopped machine of the app to start.
+  enabled while this host has a stopped machine of the app to start;
+- ``fly_replay: false`` (per service) drops the per-request work that keeps
+  HTTP requests replayable.
 
 Purely computational: no I/O, no clock.
 """
@@ -130,6 +132,7 @@ class Route:
     soft_limit: int = 20
     hard_limit: int | None = None
     kill_timeout_s: float = 5.0
+    replay: bool = True  # HTTP: keep requests replayable and act on `fly-replay` answers
 
     @property
     def name(self) -> str:
@@ -156,6 +159,7 @@ class Route:
             kept,
             self.hostnames,
             self.soft_limit,
+            replay=self.replay,
         )
 
 
@@ -262,6 +266,7 @@ def build(
                         soft_limit=service.concurrency.soft_limit,
                         hard_limit=service.concurrency.hard_limit,
                         kill_timeout_s=app.kill_timeout_s,
+                        replay=service.fly_replay,
                     )
                 )
     table = RoutingTable(host, region, tuple(routes))

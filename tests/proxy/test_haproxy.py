@@ -20,23 +20,36 @@ def live_servers(edge: proxy.EdgeProxy, backend: str) -> list[tuple[str, int, in
     return [(s.name, s.port, s.weight) for s in edge.session.servers_state(backend)]
 
 
-def test_routes_by_host_then_destination_address(edge: proxy.EdgeProxy, backends: Backends) -> None:
-    pa, pb = backends.start("a1"), backends.start("b1")
+def test_routes_by_address_and_by_host_where_apps_share_one(
+    edge: proxy.EdgeProxy, backends: Backends
+) -> None:
+    pa, pb, pc = backends.start("a1"), backends.start("b1"), backends.start("c1")
     port = free_port()
     edge.start(
         table(
             route("a", port, (server("sea.1", pa),)),
-            route("b", port, (server("sea.1", pb),), address="127.0.0.2"),
+            route("b", port, (server("sea.1", pb),)),  # shares a's address
+            route("c", port, (server("sea.1", pc),), address="127.0.0.2"),
         )
     )
     assert get(port, host="a.fleet.test")[2] == b"a1\n"
     assert get(port, host="B.fleet.test:80")[2] == b"b1\n"
     # an unknown Host falls back to the app owning the destination (anycast) address
-    conn_b = get(port, host="other.example")  # 127.0.0.1 belongs to app a
-    assert conn_b[2] == b"a1\n"
-    # and so does a request without any Host (HTTP/1.0), on either address
+    assert get(port, host="other.example")[2] == b"a1\n"
+    # an app alone on its address gets its requests whatever the Host says ...
+    assert get_at("127.0.0.2", port, "a.fleet.test").endswith(b"c1\n")
+    # ... and another app is not reached through that address
+    assert get_at("127.0.0.2", port, "C.fleet.test").endswith(b"c1\n")
+    assert get(port, host="c.fleet.test")[2] == b"a1\n"
+    # a request without any Host (HTTP/1.0) goes to the address's owner
     assert no_host("127.0.0.1", port).endswith(b"a1\n")
-    assert no_host("127.0.0.2", port).endswith(b"b1\n")
+    assert no_host("127.0.0.2", port).endswith(b"c1\n")
+
+
+def get_at(address: str, port: int, host: str) -> bytes:
+    with socket.create_connection((address, port), timeout=5) as s:
+        s.sendall(f"GET / HTTP/1.1\r\nHost: {host}\r\nConnection: close\r\n\r\n".encode())
+        return b"".join(iter(lambda: s.recv(65536), b""))
 
 
 def no_host(address: str, port: int) -> bytes:

@@ -6,6 +6,7 @@ tests stop a later change from quietly putting the cost back on every request.
 
 from __future__ import annotations
 
+import dataclasses
 import re
 from pathlib import Path
 
@@ -33,27 +34,38 @@ def test_no_layer7_retries_that_copy_every_request(tmp_path: Path) -> None:
     assert all(ln.split()[1:] == ["conn-failure"] for ln in re.findall(r"retry-on.*", config))
 
 
-def test_one_map_lookup_routes_and_the_address_owner_is_the_default(tmp_path: Path) -> None:
+def test_an_address_of_one_app_goes_to_it_with_no_lookup(tmp_path: Path) -> None:
     a = route("a", 8080, (server("sea.1", 9001),))
-    b = route("b", 8080, (server("sea.1", 9002),))  # shares a's address: Host decides
-    c = route("c", 8080, (server("sea.1", 9003),), address="127.0.0.3")
-    config, maps = render(table(a, b, c), tmp_path)
-    assert maps["fe_http_8080.hosts"] == (
-        "a.fleet.test be_a_0\nb.fleet.test be_b_0\nc.fleet.test be_c_0\n"
-    )
-    lookup = "use_backend %[req.hdr(host),field(1,:),lower,map({},{})]"
-    hosts = tmp_path / "maps" / "fe_http_8080.hosts"
+    c = route("c", 8080, (server("sea.1", 9003),), address="127.0.0.3")  # same port only
+    config, maps = render(table(a, c), tmp_path)
     assert section(config, "frontend fe_http_8080_a_0") == [
         "mode http",
         "bind 127.0.0.1:8080 transparent",
-        lookup.format(hosts, "be_a_0"),
         "default_backend be_a_0",
     ]
     assert section(config, "frontend fe_http_8080_c_0")[1:] == [
         "bind 127.0.0.3:8080 transparent",
-        lookup.format(hosts, "be_c_0"),
         "default_backend be_c_0",
     ]
+    assert "use_backend" not in config and maps.keys() == {"replay.map"}
+
+
+def test_apps_sharing_an_address_route_by_one_map_lookup_owner_default(tmp_path: Path) -> None:
+    a = route("a", 8080, (server("sea.1", 9001),))
+    b = route("b", 8080, (server("sea.1", 9002),))  # shares a's address: Host decides
+    c = route("c", 8080, (server("sea.1", 9003),), address="127.0.0.3")
+    config, maps = render(table(a, b, c), tmp_path)
+    # only the apps on those addresses: c is not reached through a's address
+    assert maps["fe_http_8080_a_0.hosts"] == "a.fleet.test be_a_0\nb.fleet.test be_b_0\n"
+    assert maps.keys() == {"fe_http_8080_a_0.hosts", "replay.map"}
+    hosts = tmp_path / "maps" / "fe_http_8080_a_0.hosts"
+    assert section(config, "frontend fe_http_8080_a_0") == [
+        "mode http",
+        "bind 127.0.0.1:8080 transparent",
+        f"use_backend %[req.hdr(host),field(1,:),lower,map({hosts},be_a_0)]",
+        "default_backend be_a_0",
+    ]
+    assert section(config, "frontend fe_http_8080_c_0")[2:] == ["default_backend be_c_0"]
     assert "frontend fe_http_8080_b_0" not in config
 
 
@@ -66,3 +78,17 @@ def test_replay_keeps_two_variables_and_a_body_only_when_there_is_one(tmp_path: 
         "http-request set-var(txn.rq_body) req.body if { req.body_size gt 0 }",
         "http-response lua.fly_replay if { res.hdr(fly-replay) -m found }",
     ]
+
+
+def test_replay_off_leaves_requests_alone(tmp_path: Path) -> None:
+    on = route("a", 8080, (server("sea.1", 9001),))
+    off = dataclasses.replace(route("b", 8081, (server("sea.1", 9002),)), replay=False)
+    config, maps = render(table(on, off), tmp_path)
+    assert section(config, "backend be_b_0") == [
+        "mode http",
+        "balance leastconn",
+        "server sea.1 127.0.0.1:9002 weight 100 check inter 1s fall 2 rise 1",
+    ]
+    assert "be_b_0" not in maps["replay.map"]
+    alone, _ = render(table(off), tmp_path)
+    assert "lua-load" not in alone

@@ -39,6 +39,19 @@ def test_round_trip_keeps_every_server_field_and_the_backup_order() -> None:
     assert dataclasses.replace(parsed, servers=()) == dataclasses.replace(route, servers=())
 
 
+def test_replay_off_travels_and_the_default_leaves_specs_as_they_were() -> None:
+    (route,) = _routes()
+    assert (
+        route.replay
+        and "replay" not in spec.to_json("hello", "sea", (route,))["routes"]["be_hello_0"]
+    )
+    off = dataclasses.replace(route, replay=False)
+    raw = json.loads(json.dumps(spec.to_json("hello", "sea", (off,))))
+    assert raw["routes"]["be_hello_0"]["replay"] is False
+    (back,) = spec.from_json(raw)
+    assert not back.replay
+
+
 def test_an_app_routes_do_not_depend_on_other_apps() -> None:
     (route,) = _routes()
     assert all(s.machine.startswith("hello/") for s in route.servers if s.machine)

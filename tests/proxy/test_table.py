@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import dataclasses
+import shutil
 from pathlib import Path
 from types import MappingProxyType
 
@@ -148,3 +149,19 @@ def test_two_tcp_routes_on_one_address_and_port_are_refused() -> None:
     twin = dataclasses.replace(echo, app="echo2")
     with pytest.raises(ProviderError, match="already bound"):
         t.check(dataclasses.replace(tab, routes=(*tab.routes, twin)))
+
+
+def test_fly_replay_is_read_from_yaml_per_service(tmp_path: Path) -> None:
+    fleet_dir = tmp_path / "fleet"
+    shutil.copytree(EXAMPLES, fleet_dir)
+    app = fleet_dir / "apps" / "hello.yaml"
+    app.write_text(
+        app.read_text().replace(
+            "      concurrency:", "      fly_replay: false\n      concurrency:", 1
+        )
+    )
+    f = load.load_dir(fleet_dir)
+    assert not f.apps["hello"].services[0].fly_replay
+    assert load.load_dir(EXAMPLES).apps["hello"].services[0].fly_replay  # the default
+    tab = t.build(fc.compile_world(f), "sea-1", [m("hello", "sea", 1, "sea-1")])
+    assert not hello_route(tab).replay

@@ -161,3 +161,21 @@ def test_replay_targets_follow_runtime_changes(
     assert result.method is proxy.Method.RUNTIME
     _, headers, _ = get(replay_edge, "/replay?h=region%3Dsyd")
     assert headers["x-server"] == "syd.1"
+
+
+def test_an_app_with_replay_off_gets_its_answer_untouched(
+    edge: proxy.EdgeProxy, backends: Backends
+) -> None:
+    port = free_port()
+    servers = (
+        server("sea.1", backends.start("sea.1")),
+        server("ams.1", backends.start("ams.1"), role=t.Role.REMOTE, region="ams"),
+    )
+    listeners = (t.Listener("127.0.0.1", port, False, True),)
+    edge.start(table(t.Route("app", 0, t.Mode.HTTP, listeners, servers, replay=False)))
+    status, headers, body = get(port, "/replay?h=region%3Dams")
+    assert (status, body) == (200, b"original\n")
+    assert headers["fly-replay"] == "region=ams"  # passed on to the client, not acted on
+    assert "fly-replay-failed" not in headers
+    big = b"z" * (200 * 1024)  # nothing is held for a replay: any body passes
+    assert get(port, "/echo", method="POST", body=big)[2].split()[2] == str(len(big)).encode()
