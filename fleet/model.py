@@ -197,6 +197,8 @@ class Service:
     auto_stop_machines: AutoStop
     auto_start_machines: bool
     min_machines_running: int
+    # idle time before autostop; None: the host agent's default (autostop_idle_s)
+    auto_stop_after_s: float | None = None
 
 
 @dataclass(frozen=True, slots=True)
