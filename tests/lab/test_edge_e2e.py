@@ -23,7 +23,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.lab.conftest import ROOT, Lab, lab_directory
+from tests.lab.conftest import RECONCILE, ROOT, Lab, lab_directory
 from tests.lab.test_fleet_e2e import Fleet
 
 pytestmark = [pytest.mark.root, pytest.mark.lab, pytest.mark.qemu, pytest.mark.slow]
@@ -384,3 +384,27 @@ def test_autostop_stops_idle_machines_above_the_floor_and_a_request_wakes_one(
 
     hello.write_text(original)  # leave the fleet as the examples have it
     assert "Apply complete." in fleet.apply().stdout
+
+
+def test_wrk_while_a_stopped_machine_wakes_has_no_failed_request(fleet: Fleet) -> None:
+    # From the machine's own host every request meets the waker until the machine is up.
+    host, victim = next(
+        (h, r) for h, r in fleet.machines() if r["spec"]["app"] == "hello" and h.startswith("ams")
+    )
+    agent = "/var/lib/fleet-agent/current/bin/fleet-agent"
+    fleet.lab.exec(host, agent, "machine", "stop", victim["status"]["runtime"]["machine"])
+    before = _waker_starts(fleet, host)
+    time.sleep(4)  # HAProxy's check marks the machine down and the ticker enables the waker
+    wrk = ["wrk", "-t1", "-c4", "-d20s", "--timeout", "60s", f"http://{HELLO}/"]
+    load = subprocess.Popen(
+        [RECONCILE, "lab", "exec", host, "--", *wrk],
+        cwd=ROOT,
+        env=fleet.lab.env,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+    )
+    requests, bad, broken, out = _wrk_result(load)
+    print(f"wrk during a wake: {requests} requests, {bad} non-2xx, {broken} socket errors")
+    assert requests > 20 and bad == 0 and broken == 0, out  # measured: 193-1,339 in 20 s
+    assert _waker_starts(fleet, host) - before == 1
