@@ -382,7 +382,9 @@ def test_autostop_stops_idle_machines_above_the_floor_and_a_request_wakes_one(
     running = [slot for slot, state in states().items() if state == "running"]
     assert len(running) == 1, running
 
-    hello.write_text(original)  # leave the fleet as the examples have it
+    # back to the examples' hello; its stopped machines stay stopped until a later apply
+    # starts them as drift (docs/proxy.md, Limits)
+    hello.write_text(original)
     assert "Apply complete." in fleet.apply().stdout
 
 
