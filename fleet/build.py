@@ -145,6 +145,7 @@ def _service(raw: Mapping[str, Any]) -> model.Service:
         auto_start_machines=raw.get("auto_start_machines", True),
         fly_replay=raw.get("fly_replay", True),
         min_machines_running=raw.get("min_machines_running", 0),
+        auto_stop_after_s=None if (after := raw.get("auto_stop_after")) is None else seconds(after),
     )
 
 

@@ -200,6 +200,8 @@ class Service:
     # the edge keeps each HTTP request replayable (a `fly-replay` answer re-sends it);
     # false saves that per-request work for apps that never answer with fly-replay
     fly_replay: bool = True
+    # idle time before autostop; None: the host agent's default (autostop_idle_s)
+    auto_stop_after_s: float | None = None
 
 
 @dataclass(frozen=True, slots=True)

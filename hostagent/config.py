@@ -40,6 +40,10 @@ class Config:
     announce_grace_s: float = 30.0
     announce_hold_down_s: float = 10.0
     bgp_timers: str = "default"
+    # Autostop (hostagent/autostop.py): how long a machine of an auto-stop app must
+    # have had no request before it stops. fly.toml has no such field (Fly's proxy
+    # decides); here it is the host's, one value for every app on it.
+    autostop_idle_s: float = 300.0
 
     @property
     def inventory_dir(self) -> Path:
@@ -74,6 +78,7 @@ def load(data_dir: Path = DEFAULT_DIR) -> Config:
         announce_grace_s=_seconds(path, raw, "announce_grace_s", 30.0),
         announce_hold_down_s=_seconds(path, raw, "announce_hold_down_s", 10.0),
         bgp_timers=_choice(path, raw, "bgp_timers", ("default", "lab")),
+        autostop_idle_s=_seconds(path, raw, "autostop_idle_s", 300.0),
     )
 
 
@@ -114,6 +119,7 @@ def save(config: Config) -> Path:
                 "announce_grace_s": config.announce_grace_s,
                 "announce_hold_down_s": config.announce_hold_down_s,
                 "bgp_timers": config.bgp_timers,
+                "autostop_idle_s": config.autostop_idle_s,
                 "agent_version": hostagent.__version__,
             },
             indent=2,

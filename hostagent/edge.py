@@ -403,11 +403,19 @@ class HAProxyHealth:
 
 
 def count_up(table: t.RoutingTable, stats: Collection[runtime.ServerStat]) -> dict[str, int]:
-    """Per app: distinct machines with an UP, non-draining server in any of its routes. Pure."""
+    """Per app: distinct machines with an UP, non-draining server in any of its routes. Pure.
+
+    An enabled waker counts as one: this host has a stopped machine of the app
+    that the next request starts, so the host can serve it (without this, an
+    app whose machines all autostopped would be withdrawn everywhere and no
+    request could ever reach a waker).
+    """
     up = {(s.backend, s.name) for s in stats if s.status.startswith("UP")}
     machines: dict[str, set[str]] = {r.app: set() for r in table.routes}
     for r in table.routes:
         for s in r.servers:
+            if s.role is t.Role.WAKER and s.enabled:
+                machines[r.app].add(f"{r.name}/{s.name}")
             if s.role is not t.Role.WAKER and not s.draining and (r.name, s.name) in up:
                 machines[r.app].add(s.machine)
     return {app: len(found) for app, found in machines.items()}

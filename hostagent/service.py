@@ -17,6 +17,7 @@ from pathlib import Path
 import hostagent
 from hostagent import (
     announcer,
+    autostop,
     bird,
     channel,
     edge,
@@ -110,6 +111,19 @@ def route_handler(
     return edge.RouteHandler(edge.Edge(edge.EdgePaths.of(cfg.data_dir), cfg.host), stopped_apps)
 
 
+def autostop_ticker(
+    cfg: config_mod.Config,
+    routes: edge.RouteHandler,
+    inventory: Inventory,
+    machine_kind: H.Handler,
+    waking: wake.WakeService,
+) -> supervisor.Ticker:
+    """Stops idle machines of auto-stop apps; shares the waker's lock (a wake waits for a stop)."""
+    return autostop.AutoStopper(
+        routes, inventory, machine_kind, waking.lock, idle_after_s=cfg.autostop_idle_s
+    )
+
+
 def edge_health(agent: Agent) -> EdgeHealth:
     """What the announcement gate asks: HAProxy's view, or local machines without routes."""
     routes = agent.handlers.get(edge.KIND)
@@ -183,8 +197,10 @@ def serve(
     routes = agent.handlers.get(edge.KIND)
     waking: wake.WakeService | None = None
     if isinstance(routes, edge.RouteHandler):
-        tickers.append(edge.Ticker(routes))
         waking = wake.WakeService(routes.edge, inventory, machine_kind)
+        # before the edge's ticker: a stop it makes shows in the same pass's table
+        tickers.append(autostop_ticker(cfg, routes, inventory, machine_kind, waking))
+        tickers.append(edge.Ticker(routes))
         waking.start()
         tickers.append(waking.tick)
     sup = supervisor.Supervisor(inventory, machine_kind, tickers=tickers)

@@ -36,6 +36,9 @@ Json = Any
 # what it did (for logs and tests). Handlers of host-level kinds provide these.
 Ticker = Callable[[float], list[str]]
 
+# The inventory status mark of a machine autostop stopped (hostagent/autostop.py): the
+# supervisor leaves it stopped whatever its restart policy, until it runs again.
+AUTOSTOPPED = ("stopped_by", "autostop")
 BACKOFF_START_S = 1.0
 BACKOFF_MAX_S = 30.0
 STABLE_AFTER_S = 60.0
@@ -101,12 +104,19 @@ class Supervisor:
         now = self.clock()
         state = self.inventory.read()
         health: dict[str, str] = {}
+        woken: list[str] = []
         for (kind, rid), entry in sorted(state.entries.items()):
             if kind != "machine" or entry.status.get("pending"):
                 continue
             live = self.machines.observe(rid, entry.spec)
             memory = self.memory.get(rid, Memory())
-            decision = decide(entry.spec, live.state, memory, now)
+            spec = entry.spec
+            if entry.status.get(AUTOSTOPPED[0]) == AUTOSTOPPED[1]:
+                if live.state == "running":
+                    woken.append(rid)  # started again (a wake, an apply): the mark goes
+                else:
+                    spec = {**spec, "desired_state": "stopped"}  # autostop's: leave it
+            decision = decide(spec, live.state, memory, now)
             memory = decision.memory
             if decision.restart:
                 done.append(f"restart {rid} ({decision.reason})")
@@ -129,7 +139,7 @@ class Supervisor:
             if live.state != "running":
                 health[rid] = "critical"
             self.memory[rid] = memory
-        self._record(health)
+        self._record(health, woken)
         for ticker in self.tickers:
             # Host-level duties (mesh, announcements, proxy) ride on the same loop;
             # one failing must not stop the machines' supervision.
@@ -140,16 +150,20 @@ class Supervisor:
                                         "error": str(exc)}))  # fmt: skip
         return done
 
-    def _record(self, health: Mapping[str, str]) -> None:
+    def _record(self, health: Mapping[str, str], woken: Sequence[str] = ()) -> None:
         current = self.inventory.read()
         changed = {
             rid: h
             for rid, h in health.items()
             if (e := current.get("machine", rid)) is not None and e.status.get("health") != h
         }
-        if not changed:
+        if not changed and not woken:
             return
         with self.inventory.transaction() as state:
+            for rid in woken:
+                entry = state.get("machine", rid)
+                if entry is not None:
+                    entry.status = {k: v for k, v in entry.status.items() if k != AUTOSTOPPED[0]}
             for rid, h in changed.items():
                 entry = state.get("machine", rid)
                 if entry is not None:

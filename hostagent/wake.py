@@ -26,6 +26,9 @@ from providers.proxy import waker
 
 log = logging.getLogger(__name__)
 Json = Any
+# A boot under TCG on a loaded 2-core machine took up to ~10 s; leave room, and stay
+# below HAProxy's `timeout server` (60 s), which covers the start plus the answer.
+START_TIMEOUT_S = 45.0
 
 
 class WakeService:
@@ -37,7 +40,7 @@ class WakeService:
         inventory: Inventory,
         machines: H.Handler,
         *,
-        start_timeout_s: float = 30.0,
+        start_timeout_s: float = START_TIMEOUT_S,
     ) -> None:
         self.edge = edge
         self.inventory = inventory
@@ -46,7 +49,8 @@ class WakeService:
         self.waker = waker.Waker(self._start, start_timeout_s=start_timeout_s)
         self._thread = threading.Thread(target=self.loop.run_forever, name="waker", daemon=True)
         self._listening: tuple[tuple[str, str, int], ...] | None = None
-        self._lock = threading.Lock()  # one start at a time from this host's waker
+        # one start (or autostop's stop) at a time on this host
+        self.lock = threading.Lock()
 
     def start(self) -> None:
         self._thread.start()
@@ -88,7 +92,7 @@ class WakeService:
         route = table.route(backend) if table is not None else None
         if route is None:
             raise waker.WakeError(f"no route {backend} on this host")
-        with self._lock:
+        with self.lock:
             for (kind, rid), entry in sorted(self.inventory.read().entries.items()):
                 if kind != "machine" or entry.spec.get("app") != route.app:
                     continue

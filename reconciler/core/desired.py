@@ -20,6 +20,7 @@ from typing import Any
 from fleet import compile as fleet_compile
 from fleet import export, model
 from providers import resources
+from providers.proxy import autostop
 from providers.proxy import spec as proxy_spec
 from providers.proxy import table as proxy_table
 from reconciler.core import address, frozen, observed
@@ -79,7 +80,21 @@ def app_machine_base(app: model.App) -> dict[str, Json]:
         "kill_signal": app.kill_signal,
         "kill_timeout_s": app.kill_timeout_s,
         "auto_stop": auto_stop(app).value,
+        **_auto_stop_floor(app),
     }
+
+
+def _auto_stop_floor(app: model.App) -> dict[str, Json]:
+    """For auto-stop apps only: what each host's autostop needs (floor, idle time).
+
+    Absent otherwise, so the specs (and etags) of every other machine stay as they were.
+    """
+    rule = autostop.policy(app)
+    if rule.action is model.AutoStop.OFF:
+        return {}
+    if rule.idle_after_s is None:
+        return {"min_machines_running": rule.min_running}
+    return {"min_machines_running": rule.min_running, "auto_stop_after_s": rule.idle_after_s}
 
 
 def auto_stop(app: model.App) -> model.AutoStop:

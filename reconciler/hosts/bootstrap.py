@@ -85,9 +85,14 @@ def agent_config(
     return config
 
 
-# Short network timers for labs and tests (docs/network.md): BGP sessions in
-# seconds, a 2 s graceful-shutdown period, a 3 s hold-down.
-LAB_TIMERS = {"announce_grace_s": 2.0, "announce_hold_down_s": 3.0, "bgp_timers": "lab"}
+# Short timers for labs and tests (docs/network.md, docs/proxy.md): BGP sessions in
+# seconds, a 2 s graceful-shutdown period, a 3 s hold-down; autostop after 15 s idle.
+LAB_TIMERS = {
+    "announce_grace_s": 2.0,
+    "announce_hold_down_s": 3.0,
+    "bgp_timers": "lab",
+    "autostop_idle_s": 15.0,
+}
 
 
 def _state_script() -> str:

@@ -7,7 +7,9 @@ like any registry image. Versions ``1.0`` and ``2.0`` differ only in what they
 answer, so a rolling deploy is visible from outside.
 
 - ``examples/hello``: busybox httpd on ``$PORT`` (8080) over IPv4 and IPv6,
-  answering ``$GREETING (version)`` at ``/`` and ``ok`` at ``/healthz``.
+  answering ``$GREETING (version)`` at ``/`` and ``ok`` at ``/healthz``;
+  ``/cgi-bin/replay?region=R`` (or ``instance=ID``, ``elsewhere=true``) answers
+  with that ``fly-replay`` header, and a replayed request names the machine.
 - ``examples/echo``: a TCP echo server on port 7000, and on port 7001 a
   probe that connects *out*: send it ``ADDRESS PORT`` and it answers with what
   ``ADDRESS:PORT`` said to ``ping`` (how the lab tests show a machine reaching
@@ -29,14 +31,32 @@ REGISTRY = "192.0.2.2:5000"
 VERSIONS = ("1.0", "2.0")
 
 HELLO = """#!/bin/sh
-mkdir -p /tmp/www
+mkdir -p /tmp/www/cgi-bin
 echo "${GREETING:-hello} (version %s)" > /tmp/www/index.html
 echo ok > /tmp/www/healthz
+ln -s /bin/replay /tmp/www/cgi-bin/replay
 trap 'kill $pid; exit 0' INT TERM
 httpd -f -p "[::]:${PORT:-8080}" -h /tmp/www &
 pid=$!
 echo "hello: listening on ${PORT:-8080}"
 wait $pid
+"""
+
+# /cgi-bin/replay?QUERY answers with `fly-replay: QUERY` (region=R, instance=ID,
+# elsewhere=true); a replayed request (it carries fly-replay-src) is answered instead,
+# naming the machine (its private address, as /proc/net/if_inet6 writes it) and the source.
+REPLAY = r"""#!/bin/sh
+[ "${CONTENT_LENGTH:-0}" -gt 0 ] && cat > /dev/null
+me=
+while read -r a _; do
+  case $a in fe80*|00000000000000000000000000000001) ;; *) me=$a; break ;; esac
+done < /proc/net/if_inet6
+if [ -n "$HTTP_FLY_REPLAY_SRC" ]; then
+  printf 'Content-Type: text/plain\r\n\r\nreplayed to %s from %s\n' "$me" "$HTTP_FLY_REPLAY_SRC"
+else
+  printf 'fly-replay: %s\r\nContent-Type: text/plain\r\n\r\nfrom %s: replay %s\n' \
+    "$QUERY_STRING" "$me" "$QUERY_STRING"
+fi
 """
 
 ECHO = """#!/bin/sh
@@ -52,7 +72,7 @@ read addr port
 echo ping | nc -w 3 "$addr" "$port"
 """
 
-EXTRA_APPLETS = ("mkdir", "nc")
+EXTRA_APPLETS = ("mkdir", "nc", "ln")
 
 
 def _image(
@@ -71,7 +91,7 @@ def hello_image(version: str) -> layout.ImageSpec:
         "Env": ["PORT=8080", "PATH=/bin"],
         "ExposedPorts": {"8080/tcp": {}},
     }
-    return _image("bin/hello", HELLO % version, config)
+    return _image("bin/hello", HELLO % version, config, {"bin/replay": REPLAY})
 
 
 def echo_image() -> layout.ImageSpec:

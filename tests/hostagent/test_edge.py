@@ -201,3 +201,11 @@ def test_the_wake_service_starts_one_stopped_machine_for_many_connections(tmp_pa
         service.close()
         if machines.server is not None:
             machines.server.close()
+
+
+def test_edge_health_counts_an_enabled_waker_as_a_machine_it_can_start() -> None:
+    w = world(auto_start=True)
+    routes = spec.app_routes(w, "hello", "sea-1", [m("hello", "sea", 1, "sea-1")])
+    table = spec.assemble("sea-1", "sea", routes, stopped_apps=frozenset({"hello"}))
+    down = [runtime.ServerStat("be_hello_0", "sea.1", 0, 0, 0, -1, 0, "DOWN")]
+    assert edge.count_up(table, down) == {"hello": 1}  # announced: a request wakes sea.1

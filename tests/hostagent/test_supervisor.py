@@ -6,6 +6,7 @@ from collections.abc import Collection, Mapping
 from pathlib import Path
 from typing import Any
 
+from hostagent import autostop
 from hostagent import handlers as H
 from hostagent.inventory import Entry, Inventory
 from hostagent.supervisor import Memory, Supervisor, decide
@@ -97,3 +98,32 @@ def test_tick_restarts_the_crashed_and_records_health(tmp_path: Path) -> None:
     assert again.tick() == []
     a = inv.read().get("machine", "a")
     assert a is not None and a.status["health"] == "passing"
+
+
+def test_a_machine_autostop_stopped_stays_stopped_until_it_runs_again(tmp_path: Path) -> None:
+    inv = Inventory(tmp_path)
+    always = {"restart": {"policy": "always"}}
+    with inv.transaction() as state:
+        state.put(Entry("machine", "a", "e1", always, status={"stopped_by": "autostop"}))
+    machines = Machines()
+    machines.states = {"a": "stopped"}
+    sup = Supervisor(inv, machines, clock=lambda: 0.0)
+    assert sup.tick() == [] and machines.started == []
+    # the waker starts it: the mark goes, and the restart policy holds again
+    machines.states = {"a": "running"}
+    sup.tick()
+    entry = inv.read().get("machine", "a")
+    assert entry is not None and "stopped_by" not in entry.status
+    machines.states = {"a": "failed"}
+    assert sup.tick() == ["restart a (state failed)"]
+
+
+def test_autostop_policies_come_from_the_local_machines_specs() -> None:
+    spec = {"app": "web", "auto_stop": "stop", "min_machines_running": 1, "auto_stop_after_s": 20}
+    local = {
+        "web/ams#1": ("web/ams#1@a", {**spec, "slot": "ams#1"}),
+        "web/ams#2": ("web/ams#2@b", {**spec, "slot": "ams#2"}),
+    }
+    rule = autostop.policies(local)["web"]
+    assert rule.pinned == frozenset({"web/ams#1"}) and rule.action.value == "stop"
+    assert rule.idle_after_s == 20.0

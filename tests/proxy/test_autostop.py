@@ -12,12 +12,14 @@ from providers.proxy import table as t
 EXAMPLES = Path(__file__).resolve().parents[2] / "examples"
 
 
-def apps(min_running: int, mode: model.AutoStop = model.AutoStop.STOP) -> dict[str, model.App]:
+def apps(
+    min_running: int, mode: model.AutoStop = model.AutoStop.STOP
+) -> dict[str, autostop.Policy]:
     hello = load.load_dir(EXAMPLES).apps["hello"]
     svc = dataclasses.replace(
         hello.services[0], auto_stop_machines=mode, min_machines_running=min_running
     )
-    return {"hello": dataclasses.replace(hello, services=(svc,))}
+    return {"hello": autostop.policy(dataclasses.replace(hello, services=(svc,)))}
 
 
 def table(n: int) -> t.RoutingTable:
@@ -65,3 +67,23 @@ def test_off_means_never_and_suspend_is_passed_on() -> None:
     assert autostop.decide(apps(0, model.AutoStop.OFF), table(2), stats, idle_after_s=300) == ()
     got = autostop.decide(apps(0, model.AutoStop.SUSPEND), table(2), stats, idle_after_s=300)
     assert {d.action for d in got} == {model.AutoStop.SUSPEND} and len(got) == 2
+
+
+def test_pinned_machines_never_stop_and_a_down_server_is_not_idle() -> None:
+    rules = {"hello": autostop.Policy(model.AutoStop.STOP, pinned=frozenset({"hello/sea#1"}))}
+    stats = [stat(1), stat(2), dataclasses.replace(stat(3), status="DOWN")]
+    got = autostop.decide(rules, table(3), stats, idle_after_s=300)
+    # sea#1 is the region's floor; sea#3 is already down (stopped, or failing its checks)
+    assert [d.machine for d in got] == ["hello/sea#2"]
+
+
+def test_the_first_slots_of_a_region_are_its_floor() -> None:
+    assert autostop.pinned_slot("ams#1", 1) and autostop.pinned_slot("hello/ams#2", 2)
+    assert not autostop.pinned_slot("ams#2", 1)
+    assert not autostop.pinned_slot("ams#1", 0)
+
+
+def test_an_app_may_set_its_own_idle_time() -> None:
+    quick = {"hello": autostop.Policy(model.AutoStop.STOP, idle_after_s=30)}
+    got = autostop.decide(quick, table(2), [stat(1, last=40), stat(2, last=20)], idle_after_s=300)
+    assert [(d.machine, d.reason) for d in got] == [("hello/sea#1", "idle 40s >= 30s")]

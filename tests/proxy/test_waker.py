@@ -40,6 +40,22 @@ def loop() -> Iterator[LoopThread]:
     lt.stop()
 
 
+def waker_only(port: int) -> t.RoutingTable:
+    """A table whose one route has only the waker, listening on ``port``."""
+    lst = (t.Listener("127.0.0.1", 80, False, True),)
+    waker_server = t.Server("waker", t.Role.WAKER, "127.0.0.1", port)
+    return table(t.Route("app", 0, t.Mode.HTTP, lst, (waker_server,)))
+
+
+async def ask(port: int, request: bytes, timeout: float) -> bytes:
+    """Send ``request`` to the waker on ``port``; everything it answers until it closes."""
+    reader, writer = await asyncio.open_connection("127.0.0.1", port)
+    writer.write(request)
+    data = await asyncio.wait_for(reader.read(), timeout)
+    writer.close()
+    return data
+
+
 def test_hundred_requests_to_a_stopped_app_start_it_once(
     edge: proxy.EdgeProxy, backends: Backends, loop: LoopThread
 ) -> None:
@@ -101,21 +117,57 @@ def test_a_failed_start_closes_held_connections_without_hanging(loop: LoopThread
 
     w = waker.Waker(start, start_timeout_s=2)
     wp = free_port()
-    lst = (t.Listener("127.0.0.1", 80, False, True),)
-    tab = table(
-        t.Route("app", 0, t.Mode.HTTP, lst, (t.Server("waker", t.Role.WAKER, "127.0.0.1", wp),))
-    )
-    loop.run(w.update(tab))
-
-    async def one() -> bytes:
-        reader, writer = await asyncio.open_connection("127.0.0.1", wp)
-        writer.write(b"GET / HTTP/1.1\r\nHost: x\r\n\r\n")
-        data = await asyncio.wait_for(reader.read(), 5)
-        writer.close()
-        return data
-
+    loop.run(w.update(waker_only(wp)))
     try:
-        assert loop.run(one()) == b""
+        assert loop.run(ask(wp, b"GET / HTTP/1.1\r\nHost: x\r\n\r\n", 5)) == b""
         assert w.starts == {"be_app_0": 1}
     finally:
         loop.run(w.close())
+
+
+def test_a_woken_machine_meets_held_connections_a_few_at_a_time(loop: LoopThread) -> None:
+    """A small server's listen queue (busybox httpd: 9) must not overflow on waking.
+
+    The machine here answers each connection after 50 ms and counts how many it
+    holds at once; 60 held connections all get their answer, never more than
+    ``burst`` of them at the machine at a time.
+    """
+    machine_port, wp = free_port(), free_port()
+    now = {"open": 0, "most": 0}
+
+    async def serve(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        if not await reader.readline():  # the waker's probe: is it listening yet?
+            writer.close()
+            return
+        now["open"] += 1
+        now["most"] = max(now["most"], now["open"])
+        await asyncio.sleep(0.05)
+        writer.write(b"woken\n")
+        await writer.drain()
+        writer.close()
+        now["open"] -= 1
+
+    servers: list[asyncio.Server] = []
+
+    async def start(route: str) -> waker.Target:
+        servers.append(await asyncio.start_server(serve, "127.0.0.1", machine_port, backlog=9))
+        return waker.Target("127.0.0.1", machine_port)
+
+    async def stop() -> None:
+        for listening in servers:
+            listening.close()
+            await listening.wait_closed()
+        await w.close()
+
+    w = waker.Waker(start, start_timeout_s=10, burst=4)
+    loop.run(w.update(waker_only(wp)))
+
+    async def many() -> list[bytes]:
+        return list(await asyncio.gather(*(ask(wp, b"hello\n", 20) for _ in range(60))))
+
+    try:
+        assert loop.run(many()) == [b"woken\n"] * 60
+        assert w.starts == {"be_app_0": 1}
+        assert 1 <= now["most"] <= 4
+    finally:
+        loop.run(stop())
