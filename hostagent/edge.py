@@ -45,6 +45,8 @@ log = logging.getLogger(__name__)
 Json = Any
 KIND = "route"
 DRAIN_POLL_S = 0.1
+# how long a drain step waits for the servers it restores to pass this HAProxy's checks
+RESTORE_WAIT_S = 10.0
 
 
 @dataclass(frozen=True, slots=True)
@@ -216,6 +218,16 @@ class Edge:
             emit("draining", ", ".join(sorted(result.touched)))
             wait_drained(edge, edge.live or draining, table)
         asked = newly_draining(edge.live, table)
+        restored = newly_restored(edge.live, table)
+        if asked and restored:
+            # A drain step also restores the previous batch's servers: they take the
+            # traffic first, and count as serving once this HAProxy's checks see them
+            # UP; draining the next batch before that leaves the route (and the
+            # announcement gate) with no server for a check interval.
+            first = with_draining_kept(edge.live, table, asked)
+            result = edge.apply(first)
+            emit("restored", ", ".join(f"{r}/{s}" for r, s in sorted(restored)))
+            wait_up(edge, restored, max(RESTORE_WAIT_S, *asked.values()))
         result = edge.apply(table)
         if result.method is not proxy.Method.NOOP:
             emit(f"proxy-{result.method}", f"{result.reason}: {', '.join(sorted(result.touched))}")
@@ -262,6 +274,41 @@ def newly_draining(
         for s in r.servers
         if s.draining and (r.name, s.name) not in was
     }
+
+
+def newly_restored(live: t.RoutingTable | None, new: t.RoutingTable) -> set[tuple[str, str]]:
+    """(route, server) that ``live`` drains and ``new`` puts back in rotation."""
+    was = {(r.name, s.name) for r in (live.routes if live else ()) for s in r.servers if s.draining}
+    return {(r.name, s.name) for r in new.routes for s in r.servers if not s.draining} & was
+
+
+def with_draining_kept(
+    live: t.RoutingTable | None, new: t.RoutingTable, asked: Mapping[tuple[str, str], float]
+) -> t.RoutingTable:
+    """``new`` with the servers it newly drains still in rotation (the restore half of a step)."""
+    return replace(
+        new,
+        routes=tuple(
+            replace(
+                r,
+                servers=tuple(
+                    replace(s, draining=False) if (r.name, s.name) in asked else s
+                    for s in r.servers
+                ),
+            )
+            for r in new.routes
+        ),
+    )
+
+
+def wait_up(edge: proxy.EdgeProxy, servers: Collection[tuple[str, str]], timeout: float) -> None:
+    """Wait until HAProxy's checks see these (route, server) UP, at most ``timeout``."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        up = {(s.backend, s.name) for s in edge.session.stat() if s.status.startswith("UP")}
+        if set(servers) <= up:
+            return
+        time.sleep(DRAIN_POLL_S)
 
 
 def wait_drained(edge: proxy.EdgeProxy, during: t.RoutingTable, final: t.RoutingTable) -> None:

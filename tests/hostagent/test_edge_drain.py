@@ -98,3 +98,36 @@ def test_the_waker_stays_off_while_its_route_drains_a_machine() -> None:
     )
     off = spec.assign_wakers(drained, frozenset({"web"}))
     assert not off.routes[0].server(t.WAKER_NAME).enabled  # type: ignore[union-attr]
+
+
+@pytest.mark.filterwarnings("ignore::pytest.PytestUnraisableExceptionWarning")
+@pytest.mark.filterwarnings("ignore::ResourceWarning")
+def test_the_next_batch_is_drained_only_once_the_restored_server_is_up(
+    host_edge: edge.Edge, backends: Backends
+) -> None:
+    # Batch 1 drained sea.1 (replaced in place); batch 2 restores it and drains ams.1.
+    # If ams.1 went to weight 0 while this HAProxy still held sea.1 DOWN (its new VM
+    # answers, but the next check has not run yet), the route would have no server.
+    local, remote = free_port(), backends.start("remote")
+    port = free_port()
+    servers = (server("sea.1", local), server("ams.1", remote, role=t.Role.REMOTE, region="ams"))
+    served = spec.to_json("web", "sea", [route("web", port, servers)])
+    events: list[tuple[str, str]] = []
+    emit = lambda *e: events.append((e[0], e[1]))  # noqa: E731
+    host_edge.change({"web": spec.with_draining(served, ["sea.1"])}, frozenset(), emit)
+    time.sleep(2.5)  # nothing listens at sea.1: its checks fail (fall 2), it is DOWN
+    assert {get(port)[2] for _ in range(3)} == {b"remote\n"}
+
+    late = threading.Timer(1.5, lambda: backends.start("new", local))  # the new VM boots
+    late.start()
+    try:
+        began = time.monotonic()
+        host_edge.change({"web": spec.with_draining(served, ["ams.1"])}, frozenset(), emit)
+        waited = time.monotonic() - began
+    finally:
+        late.join()
+    assert waited >= 1.4, (
+        waited
+    )  # waited for the restored server's check, not just ams.1's idleness
+    assert {get(port)[:3:2] for _ in range(5)} == {(200, b"new\n")}  # served at once, no 503
+    assert ("restored", "be_web_0/sea.1") in events
