@@ -4,6 +4,9 @@ Creating it ahead of the machines that use it is what lets the planner order
 "image ready -> machine started" and report a bad reference or a digest
 mismatch on its own line. The digest each reference resolved to is kept in
 ``image-refs.json`` so that observe can say whether the image is still here.
+Several applies may create images on one host at once (each request of the
+agent's channel is its own process), so the index's read-modify-write holds
+an flock.
 """
 
 from __future__ import annotations
@@ -15,6 +18,7 @@ from pathlib import Path
 from typing import Any
 
 from hostagent import handlers as H
+from hostagent import netlock
 from providers.images import store
 
 Json = Any
@@ -25,6 +29,7 @@ class ImageHandler:
 
     def __init__(self, images: store.ImageStore, data_dir: Path) -> None:
         self.images = images
+        self.data_dir = data_dir
         self.index = data_dir / "image-refs.json"
 
     def _refs(self) -> dict[str, str]:
@@ -34,18 +39,24 @@ class ImageHandler:
             return {}
         return {str(k): str(v) for k, v in raw.items()} if isinstance(raw, dict) else {}
 
-    def _save(self, refs: Mapping[str, str]) -> None:
-        tmp = self.index.with_suffix(".tmp")
-        tmp.write_text(json.dumps(dict(sorted(refs.items())), indent=1))
-        os.replace(tmp, self.index)
+    def _edit(self, ref: str, digest: str | None) -> None:
+        """Set (or, with None, drop) one reference in the index, under its lock."""
+        with netlock.held(self.data_dir, "image-refs.lock"):
+            refs = self._refs()
+            if digest is None:
+                if refs.pop(ref, None) is None:
+                    return
+            else:
+                refs[ref] = digest
+            tmp = self.index.with_suffix(".tmp")
+            tmp.write_text(json.dumps(dict(sorted(refs.items())), indent=1))
+            os.replace(tmp, self.index)
 
     def create(self, rid: str, spec: Mapping[str, Json], emit: H.Emit) -> None:
         ref = str(spec.get("ref", rid))
         emit("pulling", ref)
         prepared = self.images.prepare(ref)
-        refs = self._refs()
-        refs[ref] = prepared.manifest_digest
-        self._save(refs)
+        self._edit(ref, prepared.manifest_digest)
         emit("ready", f"{ref} is {prepared.manifest_digest}")
 
     def update(
@@ -56,9 +67,7 @@ class ImageHandler:
     def delete(self, rid: str, spec: Mapping[str, Json], emit: H.Emit) -> None:
         # The layers and root filesystems stay cached (machines may still use
         # them); the reference is simply no longer wanted here.
-        refs = self._refs()
-        if refs.pop(rid, None) is not None:
-            self._save(refs)
+        self._edit(rid, None)
 
     def start(self, rid: str, spec: Mapping[str, Json], emit: H.Emit) -> None:
         self.create(rid, spec, emit)

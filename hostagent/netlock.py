@@ -21,9 +21,10 @@ LOCK_FILE = "network.lock"
 
 
 @contextlib.contextmanager
-def held(data_dir: Path) -> Iterator[None]:
+def held(data_dir: Path, name: str = LOCK_FILE) -> Iterator[None]:
+    """Hold the flock on ``data_dir/name`` (the network lock unless another file is named)."""
     data_dir.mkdir(parents=True, exist_ok=True)
-    with open(data_dir / LOCK_FILE, "a+") as f:
+    with open(data_dir / name, "a+") as f:
         fcntl.flock(f, fcntl.LOCK_EX)
         try:
             yield
