@@ -267,7 +267,7 @@ def newly_draining(
     live: t.RoutingTable | None, new: t.RoutingTable
 ) -> dict[tuple[str, str], float]:
     """(route, server) -> kill_timeout of the servers ``new`` drains that ``live`` did not."""
-    was = {(r.name, s.name) for r in (live.routes if live else ()) for s in r.servers if s.draining}
+    was = _draining(live)
     return {
         (r.name, s.name): r.kill_timeout_s
         for r in new.routes
@@ -278,8 +278,14 @@ def newly_draining(
 
 def newly_restored(live: t.RoutingTable | None, new: t.RoutingTable) -> set[tuple[str, str]]:
     """(route, server) that ``live`` drains and ``new`` puts back in rotation."""
-    was = {(r.name, s.name) for r in (live.routes if live else ()) for s in r.servers if s.draining}
-    return {(r.name, s.name) for r in new.routes for s in r.servers if not s.draining} & was
+    back = {(r.name, s.name) for r in new.routes for s in r.servers if not s.draining}
+    return back & _draining(live)
+
+
+def _draining(table: t.RoutingTable | None) -> set[tuple[str, str]]:
+    return {
+        (r.name, s.name) for r in (table.routes if table else ()) for s in r.servers if s.draining
+    }
 
 
 def with_draining_kept(
