@@ -38,7 +38,7 @@ from typing import Any
 
 from fleet.errors import ProviderError
 from hostagent import handlers as H
-from providers.proxy import certs, haproxy, proxy, reload, runtime, spec
+from providers.proxy import certs, haproxy, proxy, reload, runtime, spec, spill
 from providers.proxy import table as t
 
 log = logging.getLogger(__name__)
@@ -340,7 +340,8 @@ def wait_idle(edge: proxy.EdgeProxy, leaving: Mapping[tuple[str, str], float]) -
         busy = [
             s
             for s in edge.session.stat()
-            if (s.backend, s.name) in leaving and (s.current > 0 or s.queued > 0)
+            # a spilled request to the server counts too (providers/proxy/spill.py)
+            if (spill.route_of(s.backend), s.name) in leaving and (s.current > 0 or s.queued > 0)
         ]
         if not busy:
             return

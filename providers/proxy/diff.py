@@ -6,7 +6,9 @@ changed. Anything the runtime API cannot express (a route or listener added
 or removed, TLS, hostnames, a server changing role) needs a seamless reload,
 and so does a drift of the backup order: HAProxy sends to the *first* usable
 backup in list order and ``add server`` appends, so a newcomer that should
-come before an existing backup is placed right only by a reload.
+come before an existing backup is placed right only by a reload. A route
+that spills (``spill.py``) has a second backend, kept in step the same way;
+its first remote machine or the last one leaving adds or drops it (reload).
 
 Every op knows its inverse, so a half-applied update can be rolled back to
 the last good table.
@@ -18,6 +20,7 @@ import ipaddress
 from collections.abc import Mapping
 from dataclasses import dataclass, replace
 
+from providers.proxy import spill
 from providers.proxy import table as t
 
 REPLAY_MAP = "replay.map"
@@ -50,6 +53,8 @@ class ServerOp:
             return (f"disable server {ref}", f"del server {ref}")
         if old is None:
             words = [f"add server {ref} {endpoint(new)}"]
+            if new.spill_id is not None:  # balance first: the id is the order (spill.py)
+                words.append(f"id {new.spill_id}")
             if new.backup:
                 words.append("backup")
             if new.maxconn is not None:
@@ -127,36 +132,33 @@ def endpoint(server: t.Server) -> str:
 def plan(current: t.RoutingTable | None, desired: t.RoutingTable) -> Plan:
     """The runtime ops taking ``current`` (as HAProxy holds it) to ``desired``, or a reload."""
     if current is None:
-        return Plan("initial configuration", (), desired)
-    old_shapes = [r.shape() for r in current.routes]
-    new_shapes = [r.shape() for r in desired.routes]
+        return Plan("initial configuration", (), spill.number_table(desired))
+    old_shapes = [(r.shape(), spill.active(r)) for r in current.routes]
+    new_shapes = [(r.shape(), spill.active(r)) for r in desired.routes]
     if old_shapes != new_shapes:
-        return Plan(_shape_reason(current, desired), (), desired)
+        return Plan(_shape_reason(current, desired), (), spill.number_table(desired))
     adds: list[Op] = []
     updates: list[Op] = []
     removes: list[Op] = []
     live_routes: list[t.Route] = []
     for old, new in zip(current.routes, desired.routes, strict=True):
-        wanted = {s.name: s for s in new.servers}
-        live: list[t.Server] = []
-        for s in old.servers:
-            target = wanted.get(s.name)
-            if target is None:
-                removes.append(ServerOp(old.name, s, None))
-            elif target.role is not s.role:
-                return Plan(f"{new.name}/{s.name} changed role", (), desired)
-            else:
-                if target != s:
-                    updates.append(ServerOp(old.name, s, target))
-                live.append(target)
-        have = {s.name for s in old.servers}
-        for s in new.servers:
-            if s.name not in have:
-                adds.append(ServerOp(old.name, None, s))
-                live.append(s)
-        if [s.name for s in live if s.backup] != [s.name for s in new.servers if s.backup]:
-            return Plan(f"{new.name}: backup order changed", (), desired)
-        live_routes.append(replace(new, servers=tuple(live)))
+        numbered = spill.number(new, spill.ids(old))
+        main = _backend_ops(old.name, spill.main_servers(old), spill.main_servers(numbered))
+        spilled = _backend_ops(
+            spill.backend(old.name), spill.spill_servers(old), spill.spill_servers(numbered)
+        )
+        if spill.exhausted(numbered):
+            main = f"{new.name}: spill ids exhausted"
+        for step in (main, spilled):
+            if isinstance(step, str):
+                return Plan(step, (), spill.number_table(desired))
+            adds.extend(step[0])
+            updates.extend(step[1])
+            removes.extend(step[2])
+        assert not isinstance(main, str)
+        live_order = main[3]
+        by_name = {s.name: s for s in numbered.servers}
+        live_routes.append(replace(numbered, servers=tuple(by_name[n] for n in live_order)))
     map_ops = _map_ops(replay_entries(current), replay_entries(desired))
     map_dels = [op for op in map_ops if op.after is None]
     map_sets = [op for op in map_ops if op.after is not None]
@@ -164,12 +166,46 @@ def plan(current: t.RoutingTable | None, desired: t.RoutingTable) -> Plan:
     return Plan(None, ops, replace(desired, routes=tuple(live_routes)))
 
 
+def _backend_ops(
+    backend: str, old: tuple[t.Server, ...], new: tuple[t.Server, ...]
+) -> tuple[list[Op], list[Op], list[Op], list[str]] | str:
+    """Adds, updates and removes taking one backend from ``old`` to ``new``, and its live order.
+
+    A string instead: why only a reload gets there (a role change, or a
+    backup that would land after one it should precede).
+    """
+    adds: list[Op] = []
+    updates: list[Op] = []
+    removes: list[Op] = []
+    wanted = {s.name: s for s in new}
+    live: list[t.Server] = []
+    for s in old:
+        target = wanted.get(s.name)
+        if target is None:
+            removes.append(ServerOp(backend, s, None))
+        elif target.role is not s.role:
+            return f"{backend}/{s.name} changed role"
+        else:
+            if target != s:
+                updates.append(ServerOp(backend, s, target))
+            live.append(target)
+    have = {s.name for s in old}
+    for s in new:
+        if s.name not in have:
+            adds.append(ServerOp(backend, None, s))
+            live.append(s)
+    if [s.name for s in live if s.backup] != [s.name for s in new if s.backup]:
+        return f"{backend}: backup order changed"
+    return adds, updates, removes, [s.name for s in live]
+
+
 def _shape_reason(current: t.RoutingTable, desired: t.RoutingTable) -> str:
-    old = {r.name: r.shape() for r in current.routes}
-    new = {r.name: r.shape() for r in desired.routes}
+    old = {r.name: (r.shape(), spill.active(r)) for r in current.routes}
+    new = {r.name: (r.shape(), spill.active(r)) for r in desired.routes}
     added = sorted(new.keys() - old.keys())
     gone = sorted(old.keys() - new.keys())
-    changed = sorted(n for n in old.keys() & new.keys() if old[n] != new[n])
+    changed = sorted(n for n in old.keys() & new.keys() if old[n][0] != new[n][0])
+    spills = sorted(n for n in old.keys() & new.keys() if old[n][1] != new[n][1])
     parts = []
     if added:
         parts.append("routes added: " + ", ".join(added))
@@ -177,6 +213,8 @@ def _shape_reason(current: t.RoutingTable, desired: t.RoutingTable) -> str:
         parts.append("routes removed: " + ", ".join(gone))
     if changed:
         parts.append("routes changed: " + ", ".join(changed))
+    if spills:  # the frontend rule and the spill backend come and go with remote machines
+        parts.append("spill on or off: " + ", ".join(spills))
     return "; ".join(parts) or "route order changed"
 
 

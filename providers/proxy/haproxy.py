@@ -23,7 +23,7 @@ from pathlib import Path
 import jinja2
 
 from fleet.errors import ProviderError
-from providers.proxy import diff
+from providers.proxy import diff, spill
 from providers.proxy import table as t
 
 HAPROXY = "haproxy"
@@ -107,6 +107,7 @@ class HttpFrontend:
     binds: tuple[str, ...]
     owner: str  # the backend of the first route listening on these addresses
     hosts_map: Path | None  # Host -> backend of the apps sharing these addresses; None: alone
+    spill: str | None = None  # the owner's spill backend, if it spills and owns these alone
 
 
 def bind(listener: t.Listener) -> str:
@@ -129,7 +130,14 @@ def _environment() -> jinja2.Environment:
         keep_trailing_newline=True,
     )
     env.globals.update(
-        bind=bind, endpoint=diff.endpoint, force_https_ports=force_https_ports, check=diff.CHECK
+        bind=bind,
+        endpoint=diff.endpoint,
+        force_https_ports=force_https_ports,
+        check=diff.CHECK,
+        spills=spill.active,
+        spill_backend=spill.backend,
+        main_servers=spill.main_servers,
+        spill_servers=spill.spill_servers,
     )
     return env
 
@@ -139,6 +147,7 @@ _ENV = _environment()
 
 def http_frontends(table: t.RoutingTable, options: Options) -> list[HttpFrontend]:
     routes_at: dict[tuple[int, bool], dict[str, list[t.Route]]] = {}
+    spilling = {r.name for r in table.routes if spill.active(r)}
     for route in table.routes:
         if route.mode is not t.Mode.HTTP:
             continue
@@ -158,7 +167,19 @@ def http_frontends(table: t.RoutingTable, options: Options) -> list[HttpFrontend
         for owner, binds in groups.items():
             name = f"{port_name}_{owner.removeprefix('be_')}"
             hosts_map = options.maps_dir / f"{name}.hosts" if owner in shared else None
-            out.append(HttpFrontend(name, port, tls, tuple(binds), owner, hosts_map))
+            # where apps share addresses the backend is a map lookup: no spill there
+            spills = owner in spilling and hosts_map is None
+            out.append(
+                HttpFrontend(
+                    name,
+                    port,
+                    tls,
+                    tuple(binds),
+                    owner,
+                    hosts_map,
+                    spill.backend(owner) if spills else None,
+                )
+            )
     return out
 
 

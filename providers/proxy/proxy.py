@@ -19,7 +19,7 @@ from enum import StrEnum
 from pathlib import Path
 
 from fleet.errors import ProviderError
-from providers.proxy import diff, haproxy, reload, runtime
+from providers.proxy import diff, haproxy, reload, runtime, spill
 from providers.proxy import table as t
 
 log = logging.getLogger(__name__)
@@ -59,9 +59,10 @@ class EdgeProxy:
     def start(self, table: t.RoutingTable) -> None:
         self.options.state_dir.mkdir(parents=True, exist_ok=True)
         t.check(table)
-        self._files = self._render_checked(table)
+        live = spill.number_table(table)
+        self._files = self._render_checked(live)
         self.process.start()
-        self._live = self.last_good = table
+        self._live, self.last_good = live, table
         self._certs = self._certs_fingerprint()
         self.alarm = None
 
@@ -110,10 +111,10 @@ class EdgeProxy:
         if reason is None and self._resync:
             reason = "resync after a refused runtime update"
         if reason is not None:
-            self._files = self._render_checked(table)
+            self._files = self._render_checked(p.live)
             self.session.close()
             self.process.reload()
-            self._live = self.last_good = table
+            self._live, self.last_good = p.live, table
             self._resync = False
             self._certs = certs
             touched = frozenset(r.name for r in table.routes)

@@ -112,7 +112,8 @@ end
 core.register_action("fly_replay", { "http-res" }, function(txn)
   local header = txn.f:res_hdr("fly-replay") or ""
   local want = directives(header)
-  local backend = txn.f:be_name()
+  -- a spilled request (providers/proxy/spill.py) replays with its route's targets
+  local backend = string.gsub(txn.f:be_name(), "_spill$", "")
   local source = txn.f:srv_name()
   local list = candidates(txn, want, backend, source)
   if list == nil then

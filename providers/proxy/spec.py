@@ -101,6 +101,8 @@ def _server(s: t.Server, rank: int, hard_limit: int | None, full: bool = False) 
         out["maxconn"] = s.maxconn
     if s.draining:
         out["draining"] = True
+    if full and s.spill_id is not None:  # what HAProxy holds, for the next process
+        out["spill_id"] = s.spill_id
     return out
 
 
@@ -184,6 +186,7 @@ def _parse_server(app: str, name: str, raw: Mapping[str, Json], hard_limit: Json
         machine=f"{app}/{region}#{index}",
         maxconn=int(maxconn) if maxconn is not None else None,
         draining=bool(raw.get("draining", False)),
+        spill_id=int(raw["spill_id"]) if "spill_id" in raw else None,
     )
 
 

@@ -14,8 +14,9 @@ routing *policy* lives:
   (no new requests, in-flight ones finish) until the agent stops it after
   ``kill_timeout``;
 - ``hard_limit`` becomes the server's ``maxconn`` (extra requests queue, then
-  503 after the queue timeout); ``soft_limit`` is carried for least-connection
-  balancing and autostop decisions;
+  503 after the queue timeout); above ``soft_limit`` on every local machine a
+  route with remote machines spills to them (``providers/proxy/spill.py``
+  derives how HAProxy holds that);
 - with ``auto_start_machines`` the host's waker is the first backup server,
   enabled while this host has a stopped machine of the app to start;
 - ``fly_replay: false`` (per service) drops the per-request work that keeps
@@ -109,6 +110,9 @@ class Server:
     maxconn: int | None = None
     draining: bool = False
     enabled: bool = True
+    # HAProxy id of this machine's server in the route's spill backend (providers/proxy/spill.py):
+    # bookkeeping of what HAProxy holds, not routing policy, so equality ignores it
+    spill_id: int | None = field(default=None, compare=False)
 
     @property
     def backup(self) -> bool:

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import dataclasses
 
-from providers.proxy import diff
+from providers.proxy import diff, spill
 from providers.proxy import table as t
 
 L, R, W = t.Role.LOCAL, t.Role.REMOTE, t.Role.WAKER
@@ -24,9 +24,12 @@ def tab(*routes: t.Route) -> t.RoutingTable:
     return t.RoutingTable("sea-1", "sea", routes)
 
 
-BASE = tab(
-    rt("a", srv("sea.1"), srv("sea.2"), srv("ams.1", R)),
-    rt("b", srv("sea.1"), srv("ams.1", R)),
+# as HAProxy holds it: both routes have a remote machine, so each also has a spill backend
+BASE = spill.number_table(
+    tab(
+        rt("a", srv("sea.1"), srv("sea.2"), srv("ams.1", R)),
+        rt("b", srv("sea.1"), srv("ams.1", R)),
+    )
 )
 
 
@@ -50,12 +53,19 @@ def test_a_new_machine_is_one_add_on_its_backend_only() -> None:
     new = tab(rt("a", srv("sea.1"), srv("sea.2"), srv("sea.3"), srv("ams.1", R)), BASE.routes[1])
     p = diff.plan(BASE, new)
     assert p.reload is None
-    assert p.touched == {"be_a_0"}
+    assert p.touched == {"be_a_0", "be_a_0_spill"}
     cmds = commands(p)
-    assert cmds[:3] == [
-        "add server be_a_0/sea.3 192.0.2.51:8080 weight 100 check inter 1s fall 2 rise 1",
+    assert cmds[:6] == [
+        # at soft_limit in the route's backend (it spills) ...
+        "add server be_a_0/sea.3 192.0.2.51:8080 maxconn 20 weight 100"
+        " check inter 1s fall 2 rise 1",
         "enable health be_a_0/sea.3",
         "enable server be_a_0/sea.3",
+        # ... and after the other local machines in its spill backend (no hard_limit: no maxconn)
+        f"add server be_a_0_spill/sea.3 192.0.2.51:8080 id {spill.LOCAL_IDS + 3} weight 100"
+        " check inter 1s fall 2 rise 1",
+        "enable health be_a_0_spill/sea.3",
+        "enable server be_a_0_spill/sea.3",
     ]
     assert all("be_b_0" not in c for c in cmds)
     # the replay map learns the new instance and its region
@@ -68,17 +78,26 @@ def test_drain_then_remove() -> None:
     )
     p = diff.plan(BASE, draining)
     assert [c for c in commands(p) if "server" in c or "weight" in c] == [
-        "set weight be_a_0/sea.2 0"
+        "set weight be_a_0/sea.2 0",
+        "set weight be_a_0_spill/sea.2 0",
     ]
     gone = tab(rt("a", srv("sea.1"), srv("ams.1", R)), BASE.routes[1])
     p2 = diff.plan(p.live, gone)
-    assert commands(p2)[-2:] == ["disable server be_a_0/sea.2", "del server be_a_0/sea.2"]
+    assert commands(p2)[-4:] == [
+        "disable server be_a_0/sea.2",
+        "del server be_a_0/sea.2",
+        "disable server be_a_0_spill/sea.2",
+        "del server be_a_0_spill/sea.2",
+    ]
 
 
 def test_removals_come_after_additions_so_capacity_never_dips() -> None:
     swap = tab(rt("a", srv("sea.2"), srv("sea.3"), srv("ams.1", R)), BASE.routes[1])
     ops = [op for op in diff.plan(BASE, swap).ops if isinstance(op, diff.ServerOp)]
-    assert [(op.before is None, op.after is None) for op in ops] == [(True, False), (False, True)]
+    # in both backends: the route's and its spill backend
+    assert [(op.before is None, op.after is None) for op in ops] == [(True, False)] * 2 + [
+        (False, True)
+    ] * 2
 
 
 def test_remote_ipv6_addresses_are_bracketed() -> None:
