@@ -40,11 +40,13 @@ import statistics
 import subprocess
 import tempfile
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 
-from providers.proxy import haproxy, proxy
+from providers.proxy import diff, haproxy, proxy
 from providers.proxy import table as t
+
+SOFT_LIMIT = 1000  # above any wrk -c here: the spill rule runs on every request, never spills
 
 _HEAD = """
 global
@@ -141,14 +143,24 @@ def wrk_result(proc: subprocess.Popen[str], seconds: float) -> tuple[float, floa
 
 
 def fleet_table(
-    port: int, backend: int, apps: int, *, shared: bool = False, replay: bool = True
+    port: int,
+    backend: int,
+    apps: int,
+    *,
+    shared: bool = False,
+    replay: bool = True,
+    single_region: bool = False,
+    soft_limit: int = SOFT_LIMIT,
 ) -> t.RoutingTable:
     """``apps`` apps on ``port``, ``web`` on 127.0.0.1: each on an address of its own.
 
     That is what a fleet gets (``validate`` refuses two apps on one address
     and port). ``shared=True`` puts them all on 127.0.0.1, the costlier case
     of a table where apps share an address and HAProxy routes by Host;
-    ``replay=False`` is every app with ``fly_replay: false``.
+    ``replay=False`` is every app with ``fly_replay: false``. Each app has a
+    machine in another region too (so its route spills: the frontend rule and
+    a spill backend), unless ``single_region``; ``soft_limit`` is above wrk's
+    connections, so the rule is evaluated on every request and nothing spills.
     """
     routes = []
     for i in range(apps):
@@ -157,14 +169,16 @@ def fleet_table(
         lst = (t.Listener(address, port, False, True),)
         srv = t.Server("sea.1", t.Role.LOCAL, "127.0.0.1", backend, "sea", f"{name}/sea#1")
         remote = t.Server("ams.1", t.Role.REMOTE, "127.0.0.1", backend, "ams", f"{name}/ams#1")
+        servers = (srv,) if single_region else (srv, remote)
         routes.append(
             t.Route(
                 name,
                 0,
                 t.Mode.HTTP,
                 lst,
-                (srv, remote),
+                servers,
                 (f"{name}.fleet.test",),
+                soft_limit=soft_limit,
                 hard_limit=None,
                 replay=replay,
             )
@@ -191,23 +205,13 @@ def route_change_trials(
         target_port, body = (b2, b"b2") if i % 2 == 0 else (web.servers[0].port, b"b1")
         if i % 2 == 1:
             target_port = table.routes[0].servers[0].port
-        moved = t.Route(
-            web.app,
-            0,
-            web.mode,
-            web.listeners,
-            (
-                t.Server("sea.1", t.Role.LOCAL, "127.0.0.1", target_port, "sea", "web/sea#1"),
-                web.servers[1],
-            ),
-            web.hostnames,
-            replay=web.replay,
-        )
+        local = t.Server("sea.1", t.Role.LOCAL, "127.0.0.1", target_port, "sea", "web/sea#1")
+        moved = replace(web, servers=(local, *web.servers[1:]))
         nxt = t.RoutingTable(current.host, current.region, (moved, *current.routes[1:]))
         began = time.perf_counter()
         result = edge.apply(nxt)
         assert result.method is proxy.Method.RUNTIME, result
-        assert result.touched == {"be_web_0"}, result.touched
+        assert result.touched <= {"be_web_0", "be_web_0_spill"}, result.touched
         while served_by(port) != body:
             pass
         times.append(time.perf_counter() - began)
@@ -229,13 +233,36 @@ def report(runs: dict[str, list[Run]], args: argparse.Namespace) -> None:
             f"   p99 {statistics.median(r.p99_ms for r in rs):6.2f} ms"
             f"   errors {sum(r.errors for r in rs)}{cpu}"
         )
-    ours, minimal = runs["ours"], runs["minimal"]
-    paired = statistics.median(o.rps / m.rps for o, m in zip(ours, minimal, strict=True))
-    each = " ".join(f"{o.rps / m.rps:.2f}" for o, m in zip(ours, minimal, strict=True))
-    cpu = statistics.median(o.cpu_us / m.cpu_us for o, m in zip(ours, minimal, strict=True))
-    p99 = statistics.median(o.p99_ms / m.p99_ms for o, m in zip(ours, minimal, strict=True))
-    print(f"  generated / minimal rps: {paired:.3f}  (goal >= 0.95; per round: {each})")
-    print(f"  generated / minimal p99: {p99:.3f}   CPU per request: {cpu:.3f}")
+    minimal = runs["minimal"]
+    for name, ours in runs.items():
+        if not name.startswith("ours"):
+            continue
+        pairs = list(zip(ours, minimal, strict=True))
+        paired = statistics.median(o.rps / m.rps for o, m in pairs)
+        each = " ".join(f"{o.rps / m.rps:.2f}" for o, m in pairs)
+        cpu = statistics.median(o.cpu_us / m.cpu_us for o, m in pairs)
+        p99 = statistics.median(o.p99_ms / m.p99_ms for o, m in pairs)
+        print(f"  {name} / minimal rps: {paired:.3f}  (goal >= 0.95; per round: {each})")
+        print(f"  {name} / minimal p99: {p99:.3f}   CPU per request: {cpu:.3f}")
+
+
+def quiet_checks(config: str) -> str:
+    """The configuration with health checks every hour instead of every second.
+
+    What health checks cost the worker, which also serves the requests: one
+    per server per ``inter`` (2 servers per app, 4 with a spill backend).
+    """
+    assert diff.CHECK in config
+    return config.replace(diff.CHECK, "check inter 1h fall 2 rise 1")
+
+
+def start_quiet(options: haproxy.Options, table: t.RoutingTable) -> proxy.EdgeProxy:
+    """Our configuration for ``table`` with hourly checks (rewritten, then reloaded)."""
+    edge = proxy.EdgeProxy(options)
+    edge.start(table)
+    options.config_path.write_text(quiet_checks(options.config_path.read_text()))
+    edge.process.reload()
+    return edge
 
 
 def main() -> None:
@@ -249,11 +276,16 @@ def main() -> None:
         "--shared-address", action="store_true", help="all apps on one address: routed by Host"
     )
     p.add_argument("--no-replay", action="store_true", help="every app with fly_replay: false")
+    p.add_argument("--single-region", action="store_true", help="no remote machines: no spill rule")
+    p.add_argument(
+        "--no-quiet", action="store_true", help="skip the same config with hourly health checks"
+    )
     args = p.parse_args()
 
     work = Path(tempfile.mkdtemp(prefix="bench-proxy-"))
     procs: list[subprocess.Popen[bytes]] = []
     edge: proxy.EdgeProxy | None = None
+    others: list[proxy.EdgeProxy] = []
     try:
         b1, b2, minimal = free_port(), free_port(), free_port()
         (work / "backend.cfg").write_text(BACKEND_CFG.format(p1=b1, p2=b2))
@@ -270,28 +302,47 @@ def main() -> None:
         ours = free_port()
         options = haproxy.Options(state_dir=work / "ours", nbthread=1)
         edge = proxy.EdgeProxy(options)
-        table = fleet_table(
-            ours, b1, args.apps, shared=args.shared_address, replay=not args.no_replay
-        )
+        shape = {
+            "shared": args.shared_address,
+            "replay": not args.no_replay,
+            "single_region": args.single_region,
+        }
+        table = fleet_table(ours, b1, args.apps, **shape)
         edge.start(table)
         assert edge.process.pid is not None
+        targets = {"direct": (b1, None), "minimal": (minimal, procs[-1].pid)}
+        targets["ours"] = (ours, edge.process.pid)
+        if not args.no_quiet:
+            at = free_port()
+            options_1h = haproxy.Options(state_dir=work / "ours-1h", nbthread=1)
+            quiet = start_quiet(options_1h, fleet_table(at, b1, args.apps, **shape))
+            others.append(quiet)
+            assert quiet.process.pid is not None
+            targets["ours-1h"] = (at, quiet.process.pid)
+        if not args.single_region:  # what spill costs: the same apps without remote machines
+            at = free_port()
+            alone = proxy.EdgeProxy(haproxy.Options(state_dir=work / "ours-1region", nbthread=1))
+            others.append(alone)
+            alone.start(fleet_table(at, b1, args.apps, **{**shape, "single_region": True}))
+            assert alone.process.pid is not None
+            targets["ours-1region"] = (at, alone.process.pid)
         os.sched_setaffinity(0, set(range(os.cpu_count() or 1)))
         time.sleep(0.5)
-        assert served_by(ours) == b"b1" and served_by(minimal) == b"b1"
+        assert all(served_by(port) == b"b1" for port, _ in targets.values() if port != b1)
 
-        targets = {
-            "direct": (b1, None),
-            "minimal": (minimal, procs[-1].pid),
-            "ours": (ours, edge.process.pid),
-        }
         for port, _ in targets.values():  # warm-up, discarded
             measure(port, None, 1, args.connections)
         runs: dict[str, list[Run]] = {name: [] for name in targets}
         names = list(targets)
         for r in range(args.rounds):
-            for name in names[r % 3 :] + names[: r % 3]:
+            for name in names[r % len(names) :] + names[: r % len(names)]:
                 runs[name].append(measure(*targets[name], args.seconds, args.connections))
         report(runs, args)
+        if "ours-1region" in runs:
+            pairs = list(zip(runs["ours"], runs["ours-1region"], strict=True))
+            cpu = statistics.median(o.cpu_us / a.cpu_us for o, a in pairs)
+            rps = statistics.median(o.rps / a.rps for o, a in pairs)
+            print(f"  spill (ours / ours-1region): rps {rps:.3f}   CPU per request: {cpu:.3f}")
         times = route_change_trials(edge, table, ours, b2, args.trials)
         times.sort()
         p99 = times[min(len(times) - 1, int(0.99 * len(times)))]
@@ -299,11 +350,11 @@ def main() -> None:
             f"one-route change, {args.trials} trials ({args.apps} apps): "
             f"median {statistics.median(times) * 1000:.1f} ms, "
             f"p99 {p99 * 1000:.1f} ms (goal <= 1000 ms); "
-            "only be_web_0 touched"
+            "only web's backends touched"
         )
     finally:
-        if edge is not None:
-            edge.stop()
+        for e in [edge, *others] if edge is not None else others:
+            e.stop()
         for proc in procs:
             proc.terminate()
             proc.wait(5)

@@ -6,7 +6,10 @@ configuration runs under ``valgrind --tool=callgrind`` behind the same
 backend as bench/proxy.py; after a warm-up the counters are zeroed, wrk sends
 requests over one connection (no batching differences), and the counters are
 dumped: user-space instructions / requests, repeatable to about +-30. Health
-checks run hourly instead of every second here (see :func:`quiet_checks`). The
+checks run hourly instead of every second here (``bench.proxy.quiet_checks``):
+they are timer work, not per-request work, and counted in, their share per
+request would follow how fast valgrind happened to run on a loaded machine
+(seen: 27k to 43k for the same configuration). The
 kernel's share (system calls) is the same for both configurations and is not
 counted; on loopback it is about half of HAProxy's CPU per request, so the
 ratio printed here overstates the CPU ratio.
@@ -26,7 +29,7 @@ import time
 from pathlib import Path
 
 from bench import proxy as bench
-from providers.proxy import diff, haproxy
+from providers.proxy import haproxy
 
 
 def wait_listening(port: int, timeout_s: float = 300.0) -> None:
@@ -63,17 +66,6 @@ def instructions_per_request(config: Path, port: int, seconds: int, work: Path) 
     return int(total.group(1)) / max(requests, 1)
 
 
-def quiet_checks(config: str) -> str:
-    """The configuration with health checks every hour instead of every second.
-
-    Checks are timer work (2 per server per second here), not per-request work:
-    counted in, their share per request would follow how fast valgrind happened
-    to run on a loaded machine (seen: 27k to 43k for the same configuration).
-    """
-    assert diff.CHECK in config
-    return config.replace(diff.CHECK, diff.CHECK.replace("inter 1s", "inter 1h"))
-
-
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__)
     p.add_argument("--seconds", type=int, default=4)
@@ -82,6 +74,7 @@ def main() -> None:
         "--shared-address", action="store_true", help="all apps on one address: routed by Host"
     )
     p.add_argument("--no-replay", action="store_true", help="every app with fly_replay: false")
+    p.add_argument("--single-region", action="store_true", help="no remote machines: no spill rule")
     args = p.parse_args()
     if not shutil.which("valgrind") or not shutil.which("callgrind_control"):
         raise SystemExit("bench.proxy_cost: needs valgrind (apt-get install valgrind)")
@@ -98,10 +91,15 @@ def main() -> None:
         (work / "minimal.cfg").write_text(bench.MINIMAL_CFG.format(port=minimal, backend=b1))
         options = haproxy.Options(state_dir=work / "ours", nbthread=1)
         table = bench.fleet_table(
-            ours, b1, args.apps, shared=args.shared_address, replay=not args.no_replay
+            ours,
+            b1,
+            args.apps,
+            shared=args.shared_address,
+            replay=not args.no_replay,
+            single_region=args.single_region,
         )
         files = haproxy.render(table, options)
-        files[options.config_path] = quiet_checks(files[options.config_path])
+        files[options.config_path] = bench.quiet_checks(files[options.config_path])
         haproxy.write(files)
         counts = {
             "minimal": instructions_per_request(work / "minimal.cfg", minimal, args.seconds, work),

@@ -57,10 +57,11 @@ def route_of(backend_name: str) -> str:
 def main_servers(route: t.Route) -> tuple[t.Server, ...]:
     """The servers of ``be_X`` as HAProxy holds them: local ones at ``soft_limit`` if it spills."""
     spills = active(route)
+    soft = route.soft_limit if route.hard_limit is None else min(route.soft_limit, route.hard_limit)
     return tuple(
         dataclasses.replace(
             s,
-            maxconn=route.soft_limit if spills and s.role is t.Role.LOCAL else s.maxconn,
+            maxconn=soft if spills and s.role is t.Role.LOCAL else s.maxconn,
             spill_id=None,  # ids are the spill backend's
         )
         for s in route.servers
