@@ -66,7 +66,7 @@ def test_a_drained_server_finishes_in_flight_and_the_backup_serves(
     backends.stop("old")  # what the reconciler does next: the old VM goes
     backends.start("old", local)  # ... and its replacement answers at the same address
     host_edge.change({"web": served}, frozenset(), lambda *e: events.append((e[0], e[1])))
-    time.sleep(1.5)  # HAProxy's check (inter 1s, rise 1) sees the new one up
+    time.sleep(1.5)  # HAProxy's check (downinter 1s, rise 1) sees the new one up
     assert {get(port)[2] for _ in range(5)} == {b"old\n"}
 
 
@@ -115,7 +115,7 @@ def test_the_next_batch_is_drained_only_once_the_restored_server_is_up(
     events: list[tuple[str, str]] = []
     emit = lambda *e: events.append((e[0], e[1]))  # noqa: E731
     host_edge.change({"web": spec.with_draining(served, ["sea.1"])}, frozenset(), emit)
-    time.sleep(2.5)  # nothing listens at sea.1: its checks fail (fall 2), it is DOWN
+    time.sleep(3.0)  # nothing listens at sea.1: two checks fail (inter 2s, fastinter), DOWN
     assert {get(port)[2] for _ in range(3)} == {b"remote\n"}
 
     late = threading.Timer(1.5, lambda: backends.start("new", local))  # the new VM boots

@@ -87,7 +87,8 @@ def test_replay_off_leaves_requests_alone(tmp_path: Path) -> None:
     assert section(config, "backend be_b_0") == [
         "mode http",
         "balance leastconn",
-        "server sea.1 127.0.0.1:9002 weight 100 check inter 1s fall 2 rise 1",
+        "server sea.1 127.0.0.1:9002 weight 100 check inter 2s fastinter 500ms downinter 1s"
+        " fall 2 rise 1",
     ]
     assert "be_b_0" not in maps["replay.map"]
     alone, _ = render(table(off), tmp_path)
