@@ -171,3 +171,20 @@ def test_a_route_update_keeps_the_spill_backend_in_step_without_a_reload(
         weights = {s.name: s.weight for s in edge.session.servers_state(backend)}
         assert weights["sea.1"] == 0
     assert "local1" not in {b for _, b, _ in concurrent(port, 6)}
+
+
+def test_a_spilled_request_replays_with_its_routes_targets(
+    edge: proxy.EdgeProxy, backends: Backends
+) -> None:
+    local, far = backends.start("sea.1"), backends.start("ams.1")
+    port = free_port()
+    edge.start(table(web(port, server("sea.1", local), remote("ams.1", far), soft=1, hard=2)))
+    with ThreadPoolExecutor(1) as pool:
+        busy = pool.submit(get, port, "/slow?ms=1500")  # sea.1 at soft_limit: the next spills
+        time.sleep(0.2)
+        status, headers, body = get(port, "/replay?h=instance%3Dsea.1")
+        assert busy.result()[0] == 200
+    # ams.1 answered from be_web_0_spill; replay.lua found be_web_0's targets
+    assert status == 200 and headers["x-server"] == "sea.1"
+    assert headers["x-replay-src"].startswith("instance=ams.1;region=ams;t=")
+    assert body.startswith(b"sea.1 GET 0 ")
