@@ -78,6 +78,8 @@ class EdgeProxy:
         self._live = self.last_good = live
         self._certs = self._certs_fingerprint()
         self.alarm = None
+        # a table saved before spill backends existed: HAProxy has none, so rewrite it whole
+        self._resync = any(spill.active(r) and not spill.ids(r) for r in live.routes)
         return True
 
     @property

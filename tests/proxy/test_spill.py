@@ -188,3 +188,19 @@ def test_a_spilled_request_replays_with_its_routes_targets(
     assert status == 200 and headers["x-server"] == "sea.1"
     assert headers["x-replay-src"].startswith("instance=ams.1;region=ams;t=")
     assert body.startswith(b"sea.1 GET 0 ")
+
+
+def test_a_table_saved_before_spill_makes_the_next_update_a_reload(
+    edge: proxy.EdgeProxy, backends: Backends
+) -> None:
+    local, far = backends.start("local"), backends.start("remote")
+    port = free_port()
+    tab = table(web(port, server("sea.1", local), remote("ams.1", far)))
+    edge.start(tab)
+    later = proxy.EdgeProxy(edge.options)  # the next agent process, resuming
+    try:
+        assert later.resume(tab)  # no spill ids: the HAProxy it adopts may have no spill backend
+        assert later.apply(tab).method is proxy.Method.RELOAD
+        assert later.live is not None and spill.ids(later.live.routes[0])
+    finally:
+        later.session.close()
