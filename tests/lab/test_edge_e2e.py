@@ -379,10 +379,15 @@ def test_autostop_stops_idle_machines_above_the_floor_and_a_request_wakes_one(
     running = [slot for slot, state in states().items() if state == "running"]
     assert len(running) == 1, running
 
-    # back to the examples' hello; its stopped machines stay stopped until a later apply
-    # starts them as drift (docs/proxy.md, Limits)
+    # back to the examples' hello (auto_stop off): the same apply starts the machines
+    # autostop stopped, behind their health gates, and the plan is then a no-op
     hello.write_text(original)
-    assert "Apply complete." in fleet.apply().stdout
+    result = fleet.apply()
+    assert "Apply complete." in result.stdout, result.stdout[-3000:]
+    assert "started after the update" in result.stdout, result.stdout[-3000:]
+    assert states() == {"ams#1": "running", "sea#1": "running"}
+    code, out = fleet.plan_code()
+    assert code == 0, out
 
 
 @pytest.mark.xfail(
