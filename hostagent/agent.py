@@ -318,14 +318,21 @@ def _decide(
             return ("already", None, "already gone")
         if pending == "delete":
             return None  # an interrupted delete: finish it
+    elif verb == "start":
+        # A start leaves the spec (and so the etag) as it is: the etag never says it
+        # was done, the machine's run state does, and the handler's start is a no-op
+        # on a running machine. Checked first, or "already applied" would answer a
+        # drift start of a stopped machine and its gate would wait out its deadline.
+        if entry is None:
+            return ("refused", None, "does not exist")
+        if current != expect:
+            return ("refused", current, f"expected {expect or 'absent'}, found {current}")
     elif entry is not None and current == target and pending is None:
         return ("already", current, "already applied")
     if pending is not None and pending != (target if verb != "delete" else "delete"):
         return ("refused", current, f"another change is in progress ({pending})")
-    if pending is not None:
-        return None  # the same action, interrupted: finish it
-    if verb == "start":
-        return None if entry is not None else ("refused", None, "does not exist")
+    if pending is not None or verb == "start":
+        return None  # the same action, interrupted: finish it (or a start: run it)
     if current != expect:
         want = expect or "absent"
         return ("refused", current, f"expected {want}, found {current or 'absent'}")

@@ -37,6 +37,7 @@ from providers.vmm import (
     probe,
     qemu,
 )
+from providers.vmm import status as status_mod
 from providers.vmm.kernel import KernelStore
 from providers.vmm.spec import (
     MachineSpec,
@@ -50,6 +51,8 @@ from providers.vmm.spec import (
 
 log = logging.getLogger(__name__)
 RECORD = "machine.json"
+# wall time of the last stop asked of the machine (status: ended after it means stopped)
+STOP_REQUESTED = "stop_requested_at"
 CMDLINE = "console=ttyS0 panic=-1 quiet reboot=t"
 _NAME_RE = re.compile(r"^[a-z0-9][a-z0-9_.-]{0,62}$")
 
@@ -289,6 +292,8 @@ class MachineManager:
         if "started_at" not in rec.timings:
             return MachineStatus(name, MachineState.CREATED, image_digest=rec.image_digest)
         st = self.driver(rec.spec.vmm).status(rec.boot)
+        requested = rec.timings.get(STOP_REQUESTED, 0.0) >= rec.timings["started_at"]
+        st = status_mod.after_requested_stop(st, requested)
         return MachineStatus(
             st.name, st.state, st.pid, st.exit_code, st.exit_signal, st.stop_signal,
             st.detail, rec.image_digest,
@@ -304,6 +309,9 @@ class MachineManager:
         rec = self.get(name)
         sig = guestconf.signal_number(signal or rec.spec.kill_signal)
         wait = rec.spec.kill_timeout if timeout is None else timeout
+        if self.driver(rec.spec.vmm).running(rec.boot):
+            rec.timings[STOP_REQUESTED] = time.time()  # however it ends now, it was asked to
+            self._save(rec)
         self.driver(rec.spec.vmm).stop(rec.boot, sig, wait)
         if rec.spec.network.mode is NetMode.TAP:
             network.delete_tap(rec.boot.tap, rec.spec.network)

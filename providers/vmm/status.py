@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import dataclasses
+
 from providers.vmm.console import BootReport
 from providers.vmm.spec import MachineState, MachineStatus
 
@@ -42,3 +44,20 @@ def decide(name: str, running: bool, report: BootReport, pid: int = 0) -> Machin
         stop_signal=stop_signal,
         detail=detail,
     )
+
+
+def after_requested_stop(st: MachineStatus, stop_requested: bool) -> MachineStatus:
+    """``st``, except that a machine whose stop this host requested ended ``stopped``.
+
+    The console cannot tell every requested stop: a guest slower than its kill
+    timeout plus grace (TCG on a loaded host), or one whose console could not be
+    reached, is killed before its init reports the exit, which reads as
+    ``failed``. Left so, the supervisor restarted it under its restart policy
+    and the edge's waker stayed off (it wakes stopped machines only): every
+    request met no server until the reboot. Whoever asked for the stop (an
+    operator, autostop, a drain) meant stopped.
+    """
+    if not stop_requested or st.state is not MachineState.FAILED:
+        return st
+    why = st.detail or "the VM ended"
+    return dataclasses.replace(st, state=MachineState.STOPPED, detail=f"stopped on request ({why})")

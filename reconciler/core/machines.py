@@ -258,6 +258,25 @@ def _machine(
     else:
         fields = ", ".join(sorted({str(i.path[0]) for i in items}))
         reason = f"{fields} changed (in place)"
+    steps = [
+        P.Step(
+            f"{addr}:update",
+            addr,
+            host,
+            Kind.MACHINE,
+            keeper.id,
+            P.Verb.UPDATE,
+            spec,
+            tag,
+            keeper.etag,
+            app=app.name,
+        )
+    ]
+    if _should_run(app, keeper):
+        # e.g. auto_stop turned off: the update alone would leave the machine autostop
+        # stopped until a later apply saw it as drift, and no waker starts it now
+        reason += f"; {keeper.status.state} on {host}: started after the update"
+        steps.append(_start_step(app, addr, host, keeper.id, tag))
     acc.add(
         P.Change(
             addr,
@@ -270,18 +289,34 @@ def _machine(
             after=spec,
             diff=items,
         ),
-        P.Step(
-            f"{addr}:update",
-            addr,
-            host,
-            Kind.MACHINE,
-            keeper.id,
-            P.Verb.UPDATE,
-            spec,
-            tag,
-            keeper.etag,
-            app=app.name,
-        ),
+        *steps,
+    )
+
+
+def _should_run(app: model.App, r: observed.Resource) -> bool:
+    """Whether the observed instance is down when the app wants it running (drift to fix)."""
+    state = r.status.state
+    if resources.rules(Kind.MACHINE).drift is not resources.DriftPolicy.CORRECT:
+        return False
+    if state is observed.RunState.FAILED:
+        return True
+    return state is observed.RunState.STOPPED and desired.auto_stop(app) is model.AutoStop.OFF
+
+
+def _start_step(app: model.App, addr: str, host: str, rid: str, etag: str) -> P.Step:
+    """Start the instance (its etag unchanged), behind the app's health gate."""
+    return P.Step(
+        f"{addr}:start",
+        addr,
+        host,
+        Kind.MACHINE,
+        rid,
+        P.Verb.START,
+        None,
+        etag,
+        etag,
+        gate=_gate(app),
+        app=app.name,
     )
 
 
@@ -314,19 +349,7 @@ def _unchanged_machine(
                 after={"state": "running"},
                 drift=True,
             ),
-            P.Step(
-                f"{addr}:start",
-                addr,
-                host,
-                Kind.MACHINE,
-                r.id,
-                P.Verb.START,
-                None,
-                r.etag,
-                r.etag,
-                gate=_gate(app),
-                app=app.name,
-            ),
+            _start_step(app, addr, host, r.id, r.etag),
         )
         return
     if r.status.health is observed.Health.CRITICAL:

@@ -120,6 +120,8 @@ def order(works: Sequence[Work], fleet: model.Fleet) -> tuple[list[Work], list[P
         c = w.change
         if c.kind is Kind.ROUTE and len(w.steps) > 1:  # a drained route's steps run in order
             drained.add(c.address)
+        if len(w.steps) > 1 and (c.kind is Kind.ROUTE or c.action is P.Action.UPDATE):
+            # in order: a drained route's steps; a stopped machine's update, then its start
             for before, after in zip(w.steps, w.steps[1:], strict=False):
                 deps[after.id].add(before.id)
         for s in w.steps:

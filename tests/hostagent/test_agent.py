@@ -184,6 +184,37 @@ def test_gate_fails_at_the_deadline(setup: tuple[Agent, Recorder, Clock]) -> Non
     assert clock.now >= 5
 
 
+def test_a_drift_start_runs_the_start_every_time_its_etag_matches(
+    setup: tuple[Agent, Recorder, Clock],
+) -> None:
+    # The reconciler's drift start keeps the etag (etag == expect == the entry's): it
+    # must reach the handler, not be answered "already applied" with the machine
+    # still stopped (its gate then waited out the deadline: issue 8).
+    agent, rec, _ = setup
+    apply(agent, action("a1", "create", "e1", None))
+    rec.health = [True] * 10
+    gate = {"min_healthy_s": 0, "deadline_s": 5}
+    first, _ = apply(agent, action("a2", "start", "e1", "e1", gate=gate))
+    again, _ = apply(agent, action("a3", "start", "e1", "e1", gate=gate))
+    assert [first[0]["outcome"], again[0]["outcome"]] == ["ok", "ok"]
+    assert rec.calls == [("create", "web/ams#1"), ("start", "web/ams#1"), ("start", "web/ams#1")]
+    entry = agent.inventory.read().get("machine", "web/ams#1")
+    assert entry is not None and entry.etag == "e1" and "pending" not in entry.status
+
+
+def test_a_start_planned_against_another_spec_is_refused(
+    setup: tuple[Agent, Recorder, Clock],
+) -> None:
+    agent, rec, _ = setup
+    apply(agent, action("a1", "create", "e1", None))
+    stale, _ = apply(agent, action("a2", "start", "e0", "e0"))
+    missing, _ = apply(agent, {**action("a3", "start", "e1", "e1"), "resource_id": "web/ams#9"})
+    assert (stale[0]["outcome"], stale[0]["etag"]) == ("refused", "e1")
+    assert "expected e0, found e1" in stale[0]["message"]
+    assert (missing[0]["outcome"], missing[0]["message"]) == ("refused", "does not exist")
+    assert rec.calls == [("create", "web/ams#1")]
+
+
 def test_protocol_mismatch_says_to_rebootstrap(setup: tuple[Agent, Recorder, Clock]) -> None:
     agent, _, _ = setup
     with pytest.raises(AgentError, match="re-bootstrap"):

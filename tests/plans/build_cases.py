@@ -290,6 +290,24 @@ def drift_auto_stop(base: Files) -> Case:
 
 
 @case
+def auto_stop_turned_off(base: Files) -> Case:
+    before = copy.deepcopy(base)
+    doc(before, "App", "hello")["spec"]["services"][0]["auto_stop_machines"] = "stop"
+    hosts = applied(before)
+    h, r = machine(hosts, "hello", "sea#1")
+    h.put(
+        dataclasses.replace(
+            r, status=observed.Status(observed.RunState.STOPPED, observed.Health.UNKNOWN)
+        )
+    )
+    return Case(
+        "auto_stop turned off: the machine autostop stopped is updated in place, then started",
+        base,
+        hosts,
+    )
+
+
+@case
 def route_drift(base: Files) -> Case:
     hosts = applied(base)
     h = hosts.hosts["ams-2"]

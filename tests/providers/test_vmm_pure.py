@@ -98,6 +98,25 @@ def test_state_decision(running: bool, log: str, state: MachineState, code: int 
     assert (st.state, st.exit_code) == (state, code)
 
 
+def test_a_vm_killed_after_its_requested_stop_is_stopped_not_failed() -> None:
+    # the init saw the stop but the VM was killed before it reported the exit (a slow
+    # guest past kill timeout + grace): alone this reads failed, and the supervisor
+    # restarted it while the waker stayed off (issue 8's wrk-during-wake failure)
+    killed = status.decide(
+        "m", False, console.parse("FLEET:aa:start t=1\nFLEET:aa:stop t=2\n", "aa")
+    )
+    assert killed.state is MachineState.FAILED
+    asked = status.after_requested_stop(killed, stop_requested=True)
+    assert asked.state is MachineState.STOPPED
+    assert asked.detail == f"stopped on request ({killed.detail})"
+    assert status.after_requested_stop(killed, stop_requested=False) == killed
+    crashed = status.decide("m", False, console.parse("FLEET:aa:exit t=2 code=3\n", "aa"))
+    running = status.decide("m", True, console.parse("FLEET:aa:start t=1 pid=2\n", "aa"))
+    # a request changes only how a failed end reads, never a running machine
+    assert status.after_requested_stop(running, stop_requested=True) == running
+    assert status.after_requested_stop(crashed, stop_requested=True).state is MachineState.STOPPED
+
+
 MODULES_DEP = """kernel/drivers/block/virtio_blk.ko: kernel/drivers/virtio/virtio.ko kernel/drivers/virtio/virtio_ring.ko
 kernel/drivers/virtio/virtio.ko: kernel/drivers/virtio/virtio_ring.ko
 kernel/drivers/virtio/virtio_ring.ko:
