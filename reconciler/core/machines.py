@@ -44,8 +44,16 @@ def plan_machines(
     placement: schedule.Placement,
     acc: Acc,
     parts: Mapping[str, desired.AppParts],
+    *,
+    skipped: Mapping[str, Mapping[str, str]] | None = None,
 ) -> dict[str, dict[str, list[str]]]:
-    """Plan every machine slot; return host -> app -> slot keys placed there."""
+    """Plan every machine slot; return host -> app -> slot keys placed there.
+
+    ``skipped``: hosts the plan skips wholesale (:mod:`reconciler.core.skip`),
+    each with its machines' etags by slot: a slot placed on one is a no-op
+    without its etag computed (its observed etag is the one it was applied with).
+    """
+    skipped = skipped or {}
     fleet = world.fleet
     on_host: dict[str, dict[str, list[str]]] = defaultdict(lambda: defaultdict(list))
     wanted: set[str] = set()
@@ -70,6 +78,11 @@ def plan_machines(
         host_bits = bits.get(host)
         if host_bits is None:
             host_bits = bits[host] = desired.host_bits(prefixes[host])
+        held = skipped.get(host)
+        if held is not None:
+            placed.append((host, slot, desired.machine_address_text(host_bits, slot_id)))
+            acc.noops.append(_running(addr, app, host, held[slot_id]))
+            continue
         address_text, tag = app_parts.machine_etag(slot.region, host_bits, slot_id, slot_key)
         placed.append((host, slot, address_text))
         found = observed_machines.get(slot_id, no_found)
@@ -289,7 +302,6 @@ def _unchanged_machine(
     acc: Acc, app: model.App, addr: str, host: str, r: observed.Resource
 ) -> None:
     state = r.status.state
-    image = app.image  # the instance carries the fleet's etag, so its spec is the fleet's
     if state in (observed.RunState.STOPPED, observed.RunState.FAILED):
         allowed = desired.auto_stop(app) is not model.AutoStop.OFF
         if state is observed.RunState.STOPPED and allowed:
@@ -331,4 +343,8 @@ def _unchanged_machine(
         return
     if r.status.health is observed.Health.CRITICAL:
         acc.warnings.append(P.Warning(addr, f"health checks failing on {host}"))
-    acc.noops.append(P.noop(addr, f"already running image {image} on {host} ({r.etag})"))
+    acc.noops.append(_running(addr, app, host, r.etag))
+
+
+def _running(addr: str, app: model.App, host: str, etag: str) -> P.Noop:
+    return P.noop(addr, f"already running image {app.image} on {host} ({etag})")
