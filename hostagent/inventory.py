@@ -65,6 +65,15 @@ class State:
     generation: int = 0
     entries: dict[tuple[str, str], Entry] = field(default_factory=dict)
     applied: dict[str, str] = field(default_factory=dict)  # action id -> outcome, recent first
+    # The reconciler's inputs digest and the generation it was recorded at: void
+    # once any change moves the generation on (see Inventory.record_inputs).
+    inputs: str = ""
+    inputs_generation: int = -1
+
+    @property
+    def inputs_digest(self) -> str:
+        """The recorded inputs digest while nothing changed since; else ""."""
+        return self.inputs if self.inputs_generation == self.generation else ""
 
     def get(self, kind: str, rid: str) -> Entry | None:
         return self.entries.get((kind, rid))
@@ -98,6 +107,9 @@ class Inventory:
             entry = Entry.from_json(item)
             state.put(entry)
         state.applied = dict(raw.get("applied", {}))
+        inputs = raw.get("inputs") or {}
+        state.inputs = str(inputs.get("digest", ""))
+        state.inputs_generation = int(inputs.get("generation", -1))
         return state
 
     @contextlib.contextmanager
@@ -112,7 +124,28 @@ class Inventory:
                 yield state
                 if self._serialise(state) != before:
                     state.generation += 1
+                    state.inputs, state.inputs_generation = "", -1
                     self._write(state)
+            finally:
+                fcntl.flock(lock, fcntl.LOCK_UN)
+
+    def record_inputs(self, digest: str, generation: int) -> bool:
+        """Keep the reconciler's inputs digest if the inventory is still at ``generation``.
+
+        ``generation`` is the one the reconciler last saw (its apply's last
+        answer, or its observe): a change made since by anything else leaves
+        the digest unrecorded, and any later change voids it.
+        """
+        self.directory.mkdir(parents=True, exist_ok=True)
+        with open(self.lock_path, "a+") as lock:
+            fcntl.flock(lock, fcntl.LOCK_EX)
+            try:
+                state = self.read()
+                if state.generation != generation:
+                    return False
+                state.inputs, state.inputs_generation = digest, generation
+                self._write(state)
+                return True
             finally:
                 fcntl.flock(lock, fcntl.LOCK_UN)
 
@@ -133,6 +166,7 @@ class Inventory:
             "generation": state.generation,
             "resources": [e.to_json() for _, e in sorted(state.entries.items())],
             "applied": applied,
+            "inputs": {"digest": state.inputs, "generation": state.inputs_generation},
         }
         fd, tmp = tempfile.mkstemp(prefix=".inventory.", dir=self.directory)
         try:
