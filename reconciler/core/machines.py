@@ -31,8 +31,10 @@ class Acc:
     noops: list[P.Noop] = field(default_factory=list)
     deferred: list[P.Deferred] = field(default_factory=list)
     warnings: list[P.Warning] = field(default_factory=list)
-    # every desired machine placed: (host, slot, its private address)
+    # every desired machine placed: (host, slot, its private address: "" on a skipped
+    # host until :func:`placed` computes it for the route tables that need it)
     placed: list[tuple[str, model.MachineSlot, str]] = field(default_factory=list)
+    unaddressed: list[int] = field(default_factory=list)  # indexes into ``placed``
 
     def add(self, change: P.Change, *steps: P.Step) -> None:
         self.works.append(rollout.Work(change, list(steps)))
@@ -80,7 +82,8 @@ def plan_machines(
             host_bits = bits[host] = desired.host_bits(prefixes[host])
         held = skipped.get(host)
         if held is not None:
-            placed.append((host, slot, desired.machine_address_text(host_bits, slot_id)))
+            acc.unaddressed.append(len(placed))
+            placed.append((host, slot, ""))
             acc.noops.append(_running(addr, app, host, held[slot_id]))
             continue
         address_text, tag = app_parts.machine_etag(slot.region, host_bits, slot_id, slot_key)
@@ -121,6 +124,17 @@ def plan_machines(
                 delete_step(addr, host, r, app_name),
             )
     return on_host
+
+
+def placed(world: model.DesiredWorld, acc: Acc) -> list[tuple[str, model.MachineSlot, str]]:
+    """``acc.placed`` with every address computed."""
+    out = acc.placed
+    for i in acc.unaddressed:
+        host, slot, _ = out[i]
+        bits = desired.host_bits(world.host_prefixes[host])
+        out[i] = (host, slot, desired.machine_address_text(bits, slot.id))
+    acc.unaddressed.clear()
+    return out
 
 
 def _why_unwanted(fleet: model.Fleet, r: observed.Resource) -> str:

@@ -313,8 +313,8 @@ def _drifts(r: Resource) -> bool:
 def _summary_to_json(s: Summary) -> dict[str, Json]:
     return {
         "settled": s.settled,
-        "machines": [list(m) for m in s.machines],
-        "others": [list(x) for x in s.others],
+        "machines": [text for m in s.machines for text in m],  # flat: slot, etag, slot...
+        "others": [text for x in s.others for text in x],  # flat: kind, id, kind...
         "unmanaged": s.unmanaged,
         "anycast": [[app, list(prefixes)] for app, prefixes in s.anycast],
     }
@@ -620,11 +620,10 @@ def _body(rd: _Reader, body: str, pool: specpool.SpecPool | None) -> tuple[Resou
 
 
 def _pairs(rd: _Reader, raw: Json, path: str) -> tuple[tuple[str, str], ...]:
-    if type(raw) is not list or not all(
-        type(p) is list and len(p) == 2 and type(p[0]) is str and type(p[1]) is str for p in raw
-    ):
-        raise rd.fail(path, "expected an array of [string, string]")
-    return tuple((a, b) for a, b in raw)
+    """A flat array of strings, two by two."""
+    if type(raw) is not list or len(raw) % 2 or not all(type(p) is str for p in raw):
+        raise rd.fail(path, "expected an array of strings, two per item")
+    return tuple(zip(raw[::2], raw[1::2], strict=True))
 
 
 def _summary(rd: _Reader, raw: Json) -> Summary:

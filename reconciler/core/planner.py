@@ -278,8 +278,9 @@ def _skips(
     Every candidate not skipped is indexed resource by resource here.
     """
     fleet = world.fleet
+    wireguard = Kind.WIREGUARD.value
     if len(hostnet.public_keys(world, idx.keys, ())) < len(fleet.hosts) and any(
-        kind == Kind.WIREGUARD.value for s in idx.summaries.values() for kind, _ in s.others
+        kind == wireguard for s in idx.summaries.values() for kind, _ in s.others
     ):
         # Some key may come from the peer lists hosts were last given: read every one.
         for host in sorted(idx.candidates):
@@ -288,29 +289,43 @@ def _skips(
     if not idx.inputs:
         return keys, {}, {}
     slots_on: dict[str, dict[str, list[str]]] = defaultdict(lambda: defaultdict(list))
+    ids_on: dict[str, set[str]] = defaultdict(set)
+    placed, deferred = placement.hosts, placement.deferred
     for slot in world.slots:
-        placed_on = placement.hosts.get(slot.id)
-        if placed_on is not None and slot.id not in placement.deferred:
+        slot_id = slot.id  # a property that formats a string: once per slot
+        placed_on = placed.get(slot_id)
+        if placed_on is not None and slot_id not in deferred:
             slots_on[placed_on][slot.app].append(slot.key)
+            ids_on[placed_on].add(slot_id)
     edges = fleet_compile.edge_hosts(fleet)
     digests = inputs.host_digests(world, keys, slots_on, idx.inputs, edges)
     skipped: dict[str, dict[str, str]] = {}
+    seen = idx.seen
     for host, obs in sorted(idx.candidates.items()):
         summary = idx.summaries[host]
         mine = slots_on.get(host, {})
-        slot_ids = sorted(f"{a}/{k}" for a, ks in mine.items() for k in ks)
-        wanted = _wanted_ids(world, host, mine, parts, edges)
+        slot_ids = ids_on.get(host, set())
+        etags = dict(summary.machines)
         supported = idx.kinds.get(host) or _LEGACY_KINDS
         if (
             obs.inputs == digests[host]
-            and sorted(s for s, _ in summary.machines) == slot_ids
-            and all(len(idx.seen[s]) == 1 for s in slot_ids)
-            and sorted(summary.others) == sorted((k.value, i) for k, i in wanted if k in supported)
+            and len(etags) == len(summary.machines) == len(slot_ids)
+            and etags.keys() == slot_ids
+            and all(len(seen[s]) == 1 for s in slot_ids)
+            and _holds(summary, _wanted_ids(world, host, mine, parts, edges), supported)
         ):
-            skipped[host] = dict(summary.machines)
+            skipped[host] = etags
         else:
             _index_resources(idx, host, observed.decoded(obs), seen=False)
     return keys, digests, skipped
+
+
+def _holds(
+    summary: observed.Summary, wanted: list[tuple[Kind, str]], supported: frozenset[str]
+) -> bool:
+    """Whether the host holds exactly the wanted host-level resources (ids; etags by digest)."""
+    ids = [(k, i) for k, i in wanted if k in supported]  # a StrEnum equals and hashes as its text
+    return len(ids) == len(summary.others) and set(ids) == set(summary.others)
 
 
 def _applied_wireguard(idx: _Index) -> Iterator[Mapping[str, Any]]:
@@ -357,7 +372,7 @@ def _host_resources(
 ) -> None:
     fleet = world.fleet
     mesh = _mesh(world, idx, acc, keys)
-    routes = desired.RouteSpecs(world, acc.placed)
+    routes: desired.RouteSpecs | None = None  # made when an edge is not skipped
     # Every edge host (fleet_compile.edge_hosts: all hosts unless some are marked)
     # routes every public app with anycast addresses, cordoned ones too: its
     # machines may all be elsewhere. Non-cordoned edges announce them; whether
@@ -381,6 +396,8 @@ def _host_resources(
         wanted += [desired.image(host, ref) for ref in refs]
         wanted.append(mesh.spec(host))
         if host in edges:
+            if routes is None:
+                routes = desired.RouteSpecs(world, machines.placed(world, acc))
             wanted += [routes.route(host, p.app.name) for p in announced]
             if not fleet.hosts[host].cordoned:
                 wanted += [p.announcement(host) for p in announced]

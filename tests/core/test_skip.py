@@ -192,7 +192,7 @@ def test_a_saved_snapshot_keeps_bodies_unparsed_until_asked(tmp_path: Path) -> N
             observed.resource_to_json(r) for r in obs.resources
         ]
     raw = json.loads(text)
-    raw["hosts"][0]["summary"]["machines"] = [["web/ams#1"]]
+    raw["hosts"][0]["summary"]["machines"] = ["web/ams#1"]  # no etag
     with pytest.raises(ProtocolError, match=r"\$\.summary\.machines"):
         observed.loads(json.dumps(raw), lazy=True)
     raw = json.loads(text)
