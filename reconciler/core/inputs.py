@@ -27,7 +27,9 @@ import dataclasses
 import enum
 import hashlib
 import ipaddress
-from collections.abc import Iterable, Mapping
+import operator
+from collections.abc import Callable, Iterable, Mapping
+from types import MappingProxyType
 from typing import Any
 
 from fleet import model
@@ -39,19 +41,19 @@ VERSION = "inputs/1"
 # Not inputs: where a document was read from (a gitops clone's path changes every
 # time) and the fleet's commit (a commit that changes nothing changes no resource).
 _NOT_INPUTS = frozenset({"source", "commit"})
-_FIELDS: dict[type, tuple[str, ...]] = {}
+_FIELDS: dict[type, Callable[[Any], Any]] = {}  # a dataclass -> its values, in field order
 
 
 def _plain(value: Any) -> Any:
     cls = type(value)
-    names = _FIELDS.get(cls)
-    if names is None and dataclasses.is_dataclass(cls):
-        names = _FIELDS[cls] = tuple(
-            f.name for f in dataclasses.fields(cls) if f.name not in _NOT_INPUTS
-        )
-    if names is not None:
-        return [cls.__name__, *[getattr(value, n) for n in names]]
-    if isinstance(value, Mapping):
+    values = _FIELDS.get(cls)
+    if values is None and dataclasses.is_dataclass(cls):
+        names = [f.name for f in dataclasses.fields(cls) if f.name not in _NOT_INPUTS]
+        getter = operator.attrgetter(*names)
+        values = _FIELDS[cls] = (lambda v: (getter(v),)) if len(names) == 1 else getter
+    if values is not None:
+        return (cls.__name__, values(value))
+    if cls is MappingProxyType or isinstance(value, Mapping):
         return {str(k): v for k, v in value.items()}
     if isinstance(value, (set, frozenset)):
         return sorted(_text(v) for v in value)
