@@ -205,6 +205,7 @@ class Agent:
                 entry = Entry(kind, rid, act.expect or "", {}, status={})
             entry.status = {**entry.status, "pending": act.etag if verb != "delete" else "delete"}
             state.put(entry)
+            state.void_inputs()  # an action changes the host: the recorded digest no longer holds
         try:
             if verb == "create" or (verb == "update" and not old_spec):
                 handler.create(rid, act.spec, emit)

@@ -236,7 +236,24 @@ def test_the_inputs_digest_is_kept_until_anything_changes_the_inventory(
     # It survives a restart of the agent (it is in the inventory file)...
     again = Agent(agent.inventory, agent.handlers, FACTS)
     assert again.observe(observe)["inputs_digest"] == "inputs:abc"
-    # ...and any change to the resources, by anyone, voids it.
+    # ...and a status the supervisor records (plans check statuses themselves)...
+    with agent.inventory.transaction() as state:
+        entry = state.get("machine", "web/ams#1")
+        assert entry is not None
+        entry.status = {**entry.status, "health": "critical"}
+    answer = agent.observe(observe)
+    assert answer["generation"] == generation + 1 and answer["inputs_digest"] == "inputs:abc"
+    # (and does not stop a record for the generation before it)
+    assert _record(agent, "inputs:abc", generation)["inputs_recorded"] is True
+    # ...but any change to a resource, by an action or anything else, voids it.
     apply(agent, action("a2", "update", "e2", "e1"))
+    assert agent.observe(observe)["inputs_digest"] == ""
+    assert _record(agent, "inputs:abc", generation + 1)["inputs_recorded"] is False
+    recorded = _record(agent, "inputs:def", agent.observe(observe)["generation"])
+    assert recorded["inputs_recorded"] is True
+    with agent.inventory.transaction() as state:
+        entry = state.get("machine", "web/ams#1")
+        assert entry is not None
+        entry.spec = {"image": "changed by hand"}
     assert agent.observe(observe)["inputs_digest"] == ""
     assert _record(agent, "inputs:abc", generation)["inputs_recorded"] is False
