@@ -206,3 +206,22 @@ def test_every_host_keeps_a_different_digest(tmp_path: Path) -> None:
     world = fleet_compile.compile_world(fleet)
     digests = support.plan(fleet, hosts).inputs
     assert sorted(digests) == sorted(world.fleet.hosts) and len(set(digests.values())) == 4
+
+
+def test_a_machine_replaced_in_place_drains_the_skipped_edges_too(
+    applied: Applied, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    fleet, hosts = applied
+    # Changed on sea-2 by hand (its digest is void): replaced in place, so every
+    # edge routing to it gets a drain step first, though the edges' inputs are the same.
+    host = hosts.hosts["sea-2"]
+    machine = next(r for r in host.items.values() if r.kind == "machine")
+    spec = {**machine.spec, "image": "by-hand:1"}
+    host.put(dataclasses.replace(machine, etag=observed.etag(spec), spec=spec))
+    snap = hosts.observe_all()
+    assert [n for n, o in snap.hosts.items() if not o.inputs] == ["sea-2"]
+    plan, parsed = _planned_through_skip(fleet, snap, monkeypatch)
+    assert parsed == sorted(["sea-2", *EDGES])
+    assert any(c.action is P.Action.REPLACE and c.host == "sea-2" for c in plan.changes)
+    drains = [s for s in plan.steps if s.kind == "route"]
+    assert drains and {s.host for s in drains} <= set(EDGES)
