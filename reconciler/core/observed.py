@@ -619,9 +619,12 @@ def _body(rd: _Reader, body: str, pool: specpool.SpecPool | None) -> tuple[Resou
     return _resources(rd, raw_resources, pool)
 
 
+_STR = {str}
+
+
 def _pairs(rd: _Reader, raw: Json, path: str) -> tuple[tuple[str, str], ...]:
     """A flat array of strings, two by two."""
-    if type(raw) is not list or len(raw) % 2 or not all(type(p) is str for p in raw):
+    if type(raw) is not list or len(raw) % 2 or not set(map(type, raw)) <= _STR:
         raise rd.fail(path, "expected an array of strings, two per item")
     return tuple(zip(raw[::2], raw[1::2], strict=True))
 
@@ -633,7 +636,7 @@ def _summary(rd: _Reader, raw: Json) -> Summary:
         and len(a) == 2
         and type(a[0]) is str
         and type(a[1]) is list
-        and all(type(p) is str for p in a[1])
+        and set(map(type, a[1])) <= _STR
         for a in anycast
     ):
         raise rd.fail("$.summary.anycast", "expected an array of [app, [prefix...]]")

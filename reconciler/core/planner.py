@@ -290,12 +290,11 @@ def _skips(
         return keys, {}, {}
     slots_on: dict[str, dict[str, list[str]]] = defaultdict(lambda: defaultdict(list))
     ids_on: dict[str, set[str]] = defaultdict(set)
-    placed, deferred = placement.hosts, placement.deferred
-    for slot in world.slots:
-        slot_id = slot.id  # a property that formats a string: once per slot
-        placed_on = placed.get(slot_id)
-        if placed_on is not None and slot_id not in deferred:
-            slots_on[placed_on][slot.app].append(slot.key)
+    deferred = placement.deferred
+    for slot_id, placed_on in placement.hosts.items():  # ids "app/key" (MachineSlot.id)
+        if slot_id not in deferred:
+            app, _, key = slot_id.partition("/")
+            slots_on[placed_on][app].append(key)
             ids_on[placed_on].add(slot_id)
     edges = fleet_compile.edge_hosts(fleet)
     digests = inputs.host_digests(world, keys, slots_on, idx.inputs, edges)
