@@ -17,7 +17,10 @@ A saved snapshot (``format_version`` 2) stores each distinct top-level spec
 value once and each resource's spec as indexes into that pool
 (:mod:`reconciler.core.specpool`): a 1,000-host snapshot shrinks about 3x and
 parses about twice as fast, and a no-op plan, which compares etags only,
-decodes almost none of the specs. Format 1 files (inline specs) still load.
+decodes almost none of the specs. Format 3 (what ``--save`` writes now) also
+keeps each host's resources as JSON text beside a :class:`Summary`, so a plan
+that skips the host (:mod:`reconciler.core.skip`) never parses them. Formats 1
+(inline specs) and 2 still load.
 """
 
 from __future__ import annotations
