@@ -6,7 +6,9 @@ resource with the etag an apply gives it), saves it as JSON, then times:
 
 * load + validate the fleet (the baseline);
 * a no-op plan, as ``reconcile plan --observed FILE`` does it: load the fleet,
-  read and parse the snapshot, compile, place, diff, order;
+  read and parse the snapshot, compile, place, diff, order (the snapshot holds
+  the inputs digest each host keeps after the apply, so hosts whose inputs are
+  unchanged are skipped wholesale, see reconciler/core/skip.py);
 * a 10%-changed plan: the same with a new image for 10% of the apps (rolling
   replacements); the edit is made in memory after loading the unchanged fleet,
   whose files load at the same cost.
@@ -39,16 +41,23 @@ from bench import genfleet
 from fleet import compile as fleet_compile
 from fleet import load, model
 from reconciler import gcpause
-from reconciler.core import observed, planner
+from reconciler.core import observed, planfile, planner
 from reconciler.core import plan as P
 
 
-def applied_snapshot(fleet: model.Fleet) -> observed.Snapshot:
-    """What the hosts report after applying ``fleet`` from empty (built from the plan's steps)."""
+def applied_snapshot(fleet: model.Fleet, recorded: bool = True) -> observed.Snapshot:
+    """What the hosts report after applying ``fleet`` from empty (built from the plan's steps).
+
+    ``recorded``: with the inputs digest each host's agent keeps after the apply
+    (else agents that keep none: every plan takes the full path).
+    """
     world = fleet_compile.compile_world(fleet)
     empty = {
         name: observed.HostObservation(
-            name, True, facts=observed.Facts(private_prefix=str(world.host_prefixes[name]))
+            name,
+            True,
+            facts=observed.Facts(private_prefix=str(world.host_prefixes[name])),
+            inputs="" if recorded else None,
         )
         for name in fleet.hosts
     }
@@ -64,7 +73,9 @@ def applied_snapshot(fleet: model.Fleet) -> observed.Snapshot:
             observed.Resource(s.kind, s.resource_id, observed.OWNER_FLEET, s.etag, s.spec, status)
         )
     hosts = {
-        name: dataclasses.replace(empty[name], generation=len(rs), resources=tuple(rs))
+        name: dataclasses.replace(
+            empty[name], generation=len(rs), resources=tuple(rs), inputs=plan.inputs.get(name)
+        )
         for name, rs in per_host.items()
     }
     return observed.Snapshot(MappingProxyType(hosts), taken_at="2024-01-01T00:00:00Z")
@@ -134,7 +145,7 @@ def main() -> None:
         ten = changed(fleet, 0.10)
 
         def read() -> observed.Snapshot:
-            return observed.loads(snap_path.read_text(), "observed.json")
+            return observed.loads(snap_path.read_text(), "observed.json", lazy=True)
 
         def plan_of(edit: Callable[[model.Fleet], model.Fleet]) -> P.Plan:
             # What the CLI does (commands/plan.py): load, read + parse, plan.
@@ -162,6 +173,13 @@ def main() -> None:
         noop, ten_plan = r.out["noop"], r.out["ten"]
         assert not noop.changes, "the no-op plan has changes"
         assert ten_plan.changes == planner.make(ten, snap, origin=P.FleetRef(None, False)).changes
+        # Hosts skipped wholesale say what the full path says about them, to the byte.
+        full = observed.loads(observed.dumps(applied_snapshot(fleet, recorded=False)))
+        for f, got in ((fleet, noop), (ten, ten_plan)):
+            want = planner.make(f, full, origin=P.FleetRef(None, False))
+            assert planfile.dumps(dataclasses.replace(want, inputs=got.inputs)) == planfile.dumps(
+                got
+            ), "a skipped host planned differently from the full path"
         mem_load = peak_mb(lambda: load.load_dir(root))
         mem_noop = peak_mb(lambda: plan_of(same))
         mem_ten = peak_mb(lambda: plan_of(ten_percent))

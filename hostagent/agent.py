@@ -136,6 +136,7 @@ class Agent:
                 **self.live_facts(),
             },
             "resources": resources,
+            "inputs_digest": state.inputs_digest,
         }
 
     # ------------------------------------------------------------------- apply
@@ -146,14 +147,19 @@ class Agent:
         if not isinstance(actions, list):
             raise AgentError("request", "actions must be a list")
         results = [self._one(action, sink) for action in actions]
-        return {
-            "result": {
-                "protocol_version": PROTOCOL_VERSION,
-                "host": self.facts.host,
-                "generation": self.inventory.read().generation,
-                "results": results,
-            }
+        answer: dict[str, Json] = {
+            "protocol_version": PROTOCOL_VERSION,
+            "host": self.facts.host,
+            "generation": self.inventory.read().generation,
+            "results": results,
         }
+        record = request.get("record_inputs")
+        if isinstance(record, dict) and not actions:
+            digest, generation = record.get("digest"), record.get("generation")
+            if not isinstance(digest, str) or type(generation) is not int:
+                raise AgentError("request", "record_inputs needs a digest and a generation")
+            answer["inputs_recorded"] = self.inventory.record_inputs(digest, generation)
+        return {"result": answer}
 
     def _one(self, raw: Json, sink: Sink) -> dict[str, Json]:
         act = _Act.parse(raw)
@@ -199,6 +205,7 @@ class Agent:
                 entry = Entry(kind, rid, act.expect or "", {}, status={})
             entry.status = {**entry.status, "pending": act.etag if verb != "delete" else "delete"}
             state.put(entry)
+            state.void_inputs()  # an action changes the host: the recorded digest no longer holds
         try:
             if verb == "create" or (verb == "update" and not old_spec):
                 handler.create(rid, act.spec, emit)

@@ -65,6 +65,22 @@ class State:
     generation: int = 0
     entries: dict[tuple[str, str], Entry] = field(default_factory=dict)
     applied: dict[str, str] = field(default_factory=dict)  # action id -> outcome, recent first
+    # The reconciler's inputs digest and the generation it was recorded at: void
+    # once any change moves the generation on (see Inventory.record_inputs).
+    inputs: str = ""
+    inputs_generation: int = -1
+    # The generation of the last change to what the digest vouches for (the resources'
+    # kinds, ids, owners, etags and specs, or an action started): statuses aside.
+    changed_at: int = 0
+    voided: bool = False  # set in a transaction by an action about to change a resource
+
+    def void_inputs(self) -> None:
+        self.voided = True
+
+    @property
+    def inputs_digest(self) -> str:
+        """The recorded inputs digest while nothing changed since; else ""."""
+        return self.inputs if self.inputs_generation == self.generation else ""
 
     def get(self, kind: str, rid: str) -> Entry | None:
         return self.entries.get((kind, rid))
@@ -98,6 +114,10 @@ class Inventory:
             entry = Entry.from_json(item)
             state.put(entry)
         state.applied = dict(raw.get("applied", {}))
+        inputs = raw.get("inputs") or {}
+        state.inputs = str(inputs.get("digest", ""))
+        state.inputs_generation = int(inputs.get("generation", -1))
+        state.changed_at = int(inputs.get("changed_at", state.generation))
         return state
 
     @contextlib.contextmanager
@@ -108,13 +128,51 @@ class Inventory:
             fcntl.flock(lock, fcntl.LOCK_EX)
             try:
                 state = self.read()
-                before = self._serialise(state)
+                before, identity = self._serialise(state), self._identity(state)
+                kept = state.inputs_digest  # "" if none
                 yield state
-                if self._serialise(state) != before:
+                if self._serialise(state) != before or state.voided:
+                    # A status-only change (the supervisor's health, autostop) keeps the
+                    # digest: plans check statuses themselves. Anything else voids it.
+                    changed = state.voided or self._identity(state) != identity
                     state.generation += 1
+                    if changed:
+                        state.changed_at = state.generation
+                    state.inputs, state.inputs_generation = (
+                        (kept, state.generation) if kept and not changed else ("", -1)
+                    )
                     self._write(state)
             finally:
                 fcntl.flock(lock, fcntl.LOCK_UN)
+
+    def record_inputs(self, digest: str, generation: int) -> bool:
+        """Keep the reconciler's inputs digest if no resource changed after ``generation``.
+
+        ``generation`` is the one the reconciler last saw (its apply's last
+        answer, or its observe): a change to a resource made since by anything
+        else leaves the digest unrecorded, and any later one voids it. Status
+        updates (health, autostop) in between do not count.
+        """
+        self.directory.mkdir(parents=True, exist_ok=True)
+        with open(self.lock_path, "a+") as lock:
+            fcntl.flock(lock, fcntl.LOCK_EX)
+            try:
+                state = self.read()
+                if state.changed_at > generation or generation > state.generation:
+                    return False
+                state.inputs, state.inputs_generation = digest, state.generation
+                self._write(state)
+                return True
+            finally:
+                fcntl.flock(lock, fcntl.LOCK_UN)
+
+    @staticmethod
+    def _identity(state: State) -> list[tuple[str, str, str, str, str]]:
+        """What the inputs digest vouches for: each resource's kind, id, owner, etag, spec."""
+        return [
+            (e.kind, e.id, e.owner, e.etag, json.dumps(e.spec, sort_keys=True))
+            for _, e in sorted(state.entries.items())
+        ]
 
     @staticmethod
     def _serialise(state: State) -> str:
@@ -133,6 +191,11 @@ class Inventory:
             "generation": state.generation,
             "resources": [e.to_json() for _, e in sorted(state.entries.items())],
             "applied": applied,
+            "inputs": {
+                "digest": state.inputs,
+                "generation": state.inputs_generation,
+                "changed_at": state.changed_at,
+            },
         }
         fd, tmp = tempfile.mkstemp(prefix=".inventory.", dir=self.directory)
         try:

@@ -106,6 +106,7 @@ class _Run:
         self.status: dict[str, base.Status] = {}
         self.auto_revert = {r.app: r.auto_revert for r in plan.rollouts}
         self.stop: threading.Event | None = None
+        self.generations: dict[str, int] = {}  # host -> the latest generation it answered
 
     def _client(self, host: str) -> protocol.HostClient:
         return self.clients(host)
@@ -128,6 +129,9 @@ class _Run:
             self._set(step, base.Status.FAILED, None, message)
             hr.failed.append((step.id, message))
             return
+        if result.generation is not None:
+            seen = self.generations.get(step.host, result.generation)
+            self.generations[step.host] = max(seen, result.generation)
         if result.outcome.succeeded:
             self._set(step, base.Status.DONE, result.etag, result.outcome.value)
             hr.succeeded.append(step.id)
@@ -206,7 +210,38 @@ class _Run:
                     except HostError as exc:
                         self._finish(s, exc)
         self._revert()
+        self._record_inputs()
         return self.report
+
+    def _record_inputs(self) -> None:
+        """Record the plan's inputs digest on each host where all of it is done.
+
+        Not on a host with a step that failed, was refused, deferred, reverted
+        or done by an earlier run (its generation since is unknown): that host
+        takes the full path at the next plan, which is always right. The agent
+        keeps the digest only if nothing changed it after the generation given.
+        """
+        on_host: dict[str, list[str]] = defaultdict(list)
+        for s in self.plan.steps:
+            on_host[s.host].append(s.id)
+        for host, digest in sorted(self.plan.inputs.items()):
+            hr = self.report.hosts.get(host)
+            if hr is not None and (hr.failed or hr.refused or hr.deferred or hr.reverted):
+                continue
+            if on_host[host]:
+                if len(hr.succeeded if hr else ()) != len(on_host[host]):
+                    continue
+                generation = self.generations.get(host)
+            else:
+                generation = self.plan.generations.get(host)
+            if generation is None:
+                continue
+            try:
+                kept = self._client(host).record_inputs(digest, generation)
+            except HostError as exc:
+                log.info("%s: inputs digest not recorded: %s", host, exc)
+                continue
+            log.debug("%s: inputs digest %s", host, "recorded" if kept else "not recorded")
 
     def _revert(self) -> None:
         for app in sorted(self.report.halted):

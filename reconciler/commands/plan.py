@@ -97,7 +97,7 @@ def _make_plan(
             text = Path(args.observed).read_text()
         except OSError as exc:
             raise FleetError(f"{args.observed}: {exc.strerror}") from exc
-        snap = observed.loads(text, args.observed)
+        snap = observed.loads(text, args.observed, lazy=True)  # bodies read as needed
     else:
         clients = observe_commands.host_factory(args, dial_ahead=loaded.fleet.hosts.values())
         snap = observe_mod.observe_all(loaded.fleet, clients)

@@ -209,17 +209,34 @@ class AppParts:
 
     def __init__(self, app: model.App, addrs: model.AppAddresses) -> None:
         self.app = app
-        self.base = app_machine_base(app)
-        self.base_parts = {k: observed.canonical(v) for k, v in self.base.items()}
-        self.machine_tpl = _Template(self.base_parts, ("slot", "region", "address"))
-        assert self.machine_tpl.order == ("address", "region", "slot")
-        self.announcement_spec = {
-            "app": app.name,
-            "prefixes": [f"{a}/{a.max_prefixlen}" for a in addrs.all()],
-        }
-        self.announcement_etag = observed.etag(self.announcement_spec)
+        self.addrs = addrs
         self.announces = bool(addrs.all())
         self.public = serves_publicly(app)
+
+    # Made on first use: a plan that skips every host of an app (reconciler.core.skip)
+    # builds none of its specs.
+
+    @functools.cached_property
+    def base(self) -> dict[str, Json]:
+        return app_machine_base(self.app)
+
+    @functools.cached_property
+    def machine_tpl(self) -> _Template:
+        base_parts = {k: observed.canonical(v) for k, v in self.base.items()}
+        tpl = _Template(base_parts, ("slot", "region", "address"))
+        assert tpl.order == ("address", "region", "slot")
+        return tpl
+
+    @functools.cached_property
+    def announcement_spec(self) -> dict[str, Json]:
+        return {
+            "app": self.app.name,
+            "prefixes": [f"{a}/{a.max_prefixlen}" for a in self.addrs.all()],
+        }
+
+    @functools.cached_property
+    def announcement_etag(self) -> str:
+        return observed.etag(self.announcement_spec)
 
     def machine(
         self,

@@ -31,8 +31,10 @@ class Acc:
     noops: list[P.Noop] = field(default_factory=list)
     deferred: list[P.Deferred] = field(default_factory=list)
     warnings: list[P.Warning] = field(default_factory=list)
-    # every desired machine placed: (host, slot, its private address)
+    # every desired machine placed: (host, slot, its private address: "" on a skipped
+    # host until :func:`placed` computes it for the route tables that need it)
     placed: list[tuple[str, model.MachineSlot, str]] = field(default_factory=list)
+    unaddressed: list[int] = field(default_factory=list)  # indexes into ``placed``
 
     def add(self, change: P.Change, *steps: P.Step) -> None:
         self.works.append(rollout.Work(change, list(steps)))
@@ -44,8 +46,16 @@ def plan_machines(
     placement: schedule.Placement,
     acc: Acc,
     parts: Mapping[str, desired.AppParts],
+    *,
+    skipped: Mapping[str, Mapping[str, str]] | None = None,
 ) -> dict[str, dict[str, list[str]]]:
-    """Plan every machine slot; return host -> app -> slot keys placed there."""
+    """Plan every machine slot; return host -> app -> slot keys placed there.
+
+    ``skipped``: hosts the plan skips wholesale (:mod:`reconciler.core.skip`),
+    each with its machines' etags by slot: a slot placed on one is a no-op
+    without its etag computed (its observed etag is the one it was applied with).
+    """
+    skipped = skipped or {}
     fleet = world.fleet
     on_host: dict[str, dict[str, list[str]]] = defaultdict(lambda: defaultdict(list))
     wanted: set[str] = set()
@@ -70,6 +80,12 @@ def plan_machines(
         host_bits = bits.get(host)
         if host_bits is None:
             host_bits = bits[host] = desired.host_bits(prefixes[host])
+        held = skipped.get(host)
+        if held is not None:
+            acc.unaddressed.append(len(placed))
+            placed.append((host, slot, ""))
+            acc.noops.append(_running(addr, app, host, held[slot_id]))
+            continue
         address_text, tag = app_parts.machine_etag(slot.region, host_bits, slot_id, slot_key)
         placed.append((host, slot, address_text))
         found = observed_machines.get(slot_id, no_found)
@@ -108,6 +124,17 @@ def plan_machines(
                 delete_step(addr, host, r, app_name),
             )
     return on_host
+
+
+def placed(world: model.DesiredWorld, acc: Acc) -> list[tuple[str, model.MachineSlot, str]]:
+    """``acc.placed`` with every address computed."""
+    out = acc.placed
+    for i in acc.unaddressed:
+        host, slot, _ = out[i]
+        bits = desired.host_bits(world.host_prefixes[host])
+        out[i] = (host, slot, desired.machine_address_text(bits, slot.id))
+    acc.unaddressed.clear()
+    return out
 
 
 def _why_unwanted(fleet: model.Fleet, r: observed.Resource) -> str:
@@ -324,7 +351,6 @@ def _unchanged_machine(
     acc: Acc, app: model.App, addr: str, host: str, r: observed.Resource
 ) -> None:
     state = r.status.state
-    image = app.image  # the instance carries the fleet's etag, so its spec is the fleet's
     if state in (observed.RunState.STOPPED, observed.RunState.FAILED):
         allowed = desired.auto_stop(app) is not model.AutoStop.OFF
         if state is observed.RunState.STOPPED and allowed:
@@ -354,4 +380,8 @@ def _unchanged_machine(
         return
     if r.status.health is observed.Health.CRITICAL:
         acc.warnings.append(P.Warning(addr, f"health checks failing on {host}"))
-    acc.noops.append(P.noop(addr, f"already running image {image} on {host} ({r.etag})"))
+    acc.noops.append(_running(addr, app, host, r.etag))
+
+
+def _running(addr: str, app: model.App, host: str, etag: str) -> P.Noop:
+    return P.noop(addr, f"already running image {app.image} on {host} ({etag})")

@@ -17,14 +17,18 @@ A saved snapshot (``format_version`` 2) stores each distinct top-level spec
 value once and each resource's spec as indexes into that pool
 (:mod:`reconciler.core.specpool`): a 1,000-host snapshot shrinks about 3x and
 parses about twice as fast, and a no-op plan, which compares etags only,
-decodes almost none of the specs. Format 1 files (inline specs) still load.
+decodes almost none of the specs. Format 3 (what ``--save`` writes now) also
+keeps each host's resources as JSON text beside a :class:`Summary`, so a plan
+that skips the host (:mod:`reconciler.core.skip`) never parses them. Formats 1
+(inline specs) and 2 still load.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 import json
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field, fields
 from enum import StrEnum
 from types import MappingProxyType
@@ -32,11 +36,11 @@ from typing import Any
 
 from fleet.errors import FleetError, ProtocolError
 from providers import resources
-from reconciler.core import specpool
+from reconciler.core import address, specpool
 
 PROTOCOL_VERSION = 1  # the agent protocol (observe answer, apply request/events/result)
-FORMAT_VERSION = 2  # the saved snapshot file around the observe answers (2: pooled specs)
-READABLE_FORMATS = (1, 2)  # 1: every spec inline, as the agent answers
+FORMAT_VERSION = 3  # the saved snapshot file (2: pooled specs; 3: + per-host summary, lazy body)
+READABLE_FORMATS = (1, 2, 3)  # 1: every spec inline, as the agent answers
 OWNER_FLEET = "fleet"
 
 Json = Any
@@ -64,11 +68,16 @@ def plain(value: Any) -> Any:
     raise TypeError(f"Object of type {type(value).__name__} is not JSON serializable")
 
 
+def encoder(default: Callable[[Any], Any]) -> json.JSONEncoder:
+    """A canonical JSON encoder (sorted keys, no spaces, UTF-8) with its own ``default``."""
+    return json.JSONEncoder(
+        sort_keys=True, separators=(",", ":"), ensure_ascii=False, default=default
+    )
+
+
 # What ``json.dumps(value, sort_keys=True, separators=(",", ":"), ensure_ascii=False)``
 # builds on every call; made once (an encoder keeps no state between calls).
-_CANONICAL = json.JSONEncoder(
-    sort_keys=True, separators=(",", ":"), ensure_ascii=False, default=plain
-)
+_CANONICAL = encoder(plain)
 
 
 def canonical(value: Json) -> str:
@@ -123,8 +132,38 @@ class Facts:
 
 
 @dataclass(frozen=True, slots=True)
+class Summary:
+    """What a plan needs of a host it may skip wholesale (:mod:`reconciler.core.skip`).
+
+    Made from the host's resources (:func:`summarize`) when a snapshot is saved
+    (format 3) and read back without the resources themselves.
+    """
+
+    settled: bool  # every managed resource would plan as a plain no-op if its etag matches
+    machines: tuple[tuple[str, str], ...]  # managed machines: ("app/slot", etag)
+    others: tuple[tuple[str, str], ...]  # other managed resources: (kind, id)
+    unmanaged: int
+    anycast: tuple[tuple[str, tuple[str, ...]], ...]  # managed announcements: (app, prefixes)
+
+
+@dataclass(frozen=True, slots=True)
+class Lazy:
+    """A saved host's resources, still as the JSON text of its format-3 ``body``."""
+
+    summary: Summary
+    body: str
+    pool: specpool.SpecPool | None = field(compare=False)
+
+
+@dataclass(frozen=True, slots=True)
 class HostObservation:
-    """One host's observe answer, or the reason it could not be observed."""
+    """One host's observe answer, or the reason it could not be observed.
+
+    ``inputs``: the inputs digest the reconciler last recorded on the host
+    (:mod:`reconciler.core.inputs`); None when the agent does not keep one,
+    "" when it keeps none now. ``lazy``: set only by ``loads(..., lazy=True)``
+    of a format-3 file, ``resources`` then empty until :func:`decoded`.
+    """
 
     host: str
     reachable: bool
@@ -132,6 +171,8 @@ class HostObservation:
     facts: Facts = Facts()
     resources: tuple[Resource, ...] = ()
     error: str = ""
+    inputs: str | None = None
+    lazy: Lazy | None = None
 
     @staticmethod
     def unreachable(host: str, error: str) -> HostObservation:
@@ -200,6 +241,7 @@ def host_to_json(o: HostObservation) -> dict[str, Json]:
             ),
         },
         "resources": [resource_to_json(r) for r in o.resources],
+        **({"inputs_digest": o.inputs} if o.inputs is not None else {}),
     }
 
 
@@ -213,27 +255,101 @@ def snapshot_to_json(s: Snapshot) -> dict[str, Json]:
 
 
 _NO_STATUS: dict[str, Json] = {"state": None, "health": "unknown", "runtime": {}}
+_STOPPED = (RunState.STOPPED, RunState.FAILED)
 
 
-def snapshot_to_saved_json(s: Snapshot) -> dict[str, Json]:
-    """The snapshot as ``reconcile observe --save`` writes it (``format_version`` 2).
+def summarize(o: HostObservation) -> Summary:
+    """The :class:`Summary` of a reachable host's resources.
+
+    ``settled`` is the planner's own test, resource by resource, of "a plain
+    no-op when the etag matches": a machine neither stopped, failed nor failing
+    its health checks; any other kind without live drift (``actual`` equal to
+    the spec but for runtime fields, or a kind whose drift is ignored); an
+    announcement whose spec is the usual ``app`` + ``prefixes``. Anything else
+    leaves the host to the full per-resource path.
+    """
+    settled = True
+    machines: list[tuple[str, str]] = []
+    others: list[tuple[str, str]] = []
+    anycast: list[tuple[str, tuple[str, ...]]] = []
+    unmanaged = 0
+    if o.lazy is not None:
+        return o.lazy.summary
+    for r in o.resources:
+        if r.owner != OWNER_FLEET:
+            unmanaged += 1
+            continue
+        if r.kind is resources.Kind.MACHINE:
+            app, slot = address.machine_slot(r.id, r.spec)
+            machines.append((f"{app}/{slot}", r.etag))
+            if r.status.state in _STOPPED or r.status.health is Health.CRITICAL:
+                settled = False
+            continue
+        others.append((r.kind.value, r.id))
+        settled = settled and not _drifts(r)
+        if r.kind is resources.Kind.ANNOUNCEMENT:
+            app_name, prefixes = r.spec.get("app"), r.spec.get("prefixes")
+            if (
+                type(app_name) is str
+                and app_name
+                and type(prefixes) is list
+                and prefixes
+                and all(type(p) is str for p in prefixes)
+            ):
+                anycast.append((app_name, tuple(prefixes)))
+                continue
+            settled = False
+    return Summary(settled, tuple(machines), tuple(others), unmanaged, tuple(anycast))
+
+
+def _drifts(r: Resource) -> bool:
+    """Whether the planner could see drift in ``r`` (its ``_drift``, without the diff)."""
+    rules = resources.rules(r.kind)
+    if r.actual is None or rules.drift is resources.DriftPolicy.IGNORE:
+        return False
+    runtime = rules.runtime_fields
+    live = {k: v for k, v in r.actual.items() if k not in runtime}
+    spec = {k: v for k, v in r.spec.items() if k not in runtime}
+    return canonical(live) != canonical(spec)
+
+
+def _summary_to_json(s: Summary) -> dict[str, Json]:
+    return {
+        "settled": s.settled,
+        "machines": [text for m in s.machines for text in m],  # flat: slot, etag, slot...
+        "others": [text for x in s.others for text in x],  # flat: kind, id, kind...
+        "unmanaged": s.unmanaged,
+        "anycast": [[app, list(prefixes)] for app, prefixes in s.anycast],
+    }
+
+
+def snapshot_to_saved_json(s: Snapshot, version: int = FORMAT_VERSION) -> dict[str, Json]:
+    """The snapshot as ``reconcile observe --save`` writes it (``format_version`` 3).
 
     Each resource's ``spec`` becomes ``spec_ref``: the index of its key list in
     ``spec_keys``, then one index into ``spec_values`` per key (equal values,
     compared by their canonical JSON, are stored once). A status with nothing
-    to say (no state, health unknown, no runtime) is left out.
+    to say (no state, health unknown, no runtime) is left out. Format 3 then
+    moves each reachable host's ``resources`` into ``body``, their JSON text,
+    beside its ``summary``: a plan that skips the host never parses the body.
     """
     pool = specpool.Writer(canonical)
     hosts = []
     for name in sorted(s.hosts):
-        answer = host_to_json(s.hosts[name])
+        obs = decoded(s.hosts[name])
+        answer = host_to_json(obs)
         for raw in answer.get("resources", []):
             raw["spec_ref"] = pool.ref(raw.pop("spec"))
             if raw["status"] == _NO_STATUS:
                 del raw["status"]
+        if version >= 3 and obs.reachable:
+            answer["summary"] = _summary_to_json(summarize(obs))
+            answer["body"] = json.dumps(
+                answer.pop("resources"), sort_keys=True, separators=(",", ":"), default=plain
+            )
         hosts.append(answer)
     return {
-        "format_version": 2,
+        "format_version": version,
         "taken_at": s.taken_at,
         "spec_keys": pool.key_lists(),
         "spec_values": pool.values,
@@ -442,12 +558,18 @@ def _resources(
 
 
 def host_from_json(
-    raw: Json, expect_host: str | None = None, pool: specpool.SpecPool | None = None
+    raw: Json,
+    expect_host: str | None = None,
+    pool: specpool.SpecPool | None = None,
+    *,
+    lazy: bool = False,
 ) -> HostObservation:
     """Parse one observe answer; ``expect_host`` checks the agent answered for the right host.
 
     ``pool``: the saved snapshot's spec pool, whose resources carry ``spec_ref``
-    instead of ``spec`` (never in an answer from an agent).
+    instead of ``spec`` (never in an answer from an agent). A saved format-3
+    host has ``summary`` and ``body`` instead of ``resources``: parsed now, or
+    with ``lazy`` kept as text (:class:`Lazy`) until :func:`decoded`.
     """
     name = raw.get("host") if isinstance(raw, dict) else None
     rd = _Reader(expect_host or (name if isinstance(name, str) else "?"))
@@ -475,18 +597,70 @@ def host_from_json(
         kinds=tuple(str(k) for k in rd.opt(facts_raw, "kinds", list, "$.facts", [])),
         wireguard_public_key=rd.opt(facts_raw, "wireguard_public_key", str, "$.facts", None),
     )
-    raw_resources = rd.get(raw, "resources", list, "$")
-    parsed = _resources(rd, raw_resources, pool)
-    return HostObservation(
-        host=host,
-        reachable=True,
-        generation=rd.get(raw, "generation", int, "$"),
-        facts=facts,
-        resources=parsed,
+    inputs = rd.opt(raw, "inputs_digest", str, "$", None)
+    generation = rd.get(raw, "generation", int, "$")
+    if pool is not None and "body" in raw:
+        body = rd.get(raw, "body", str, "$")
+        summary = _summary(rd, rd.get(raw, "summary", dict, "$"))
+        if lazy:
+            return HostObservation(
+                host, True, generation, facts, (), inputs=inputs, lazy=Lazy(summary, body, pool)
+            )
+        parsed = _body(rd, body, pool)
+    else:
+        parsed = _resources(rd, rd.get(raw, "resources", list, "$"), pool)
+    return HostObservation(host, True, generation, facts, parsed, inputs=inputs)
+
+
+def _body(rd: _Reader, body: str, pool: specpool.SpecPool | None) -> tuple[Resource, ...]:
+    try:
+        raw_resources = json.loads(body)
+    except json.JSONDecodeError as exc:
+        raise rd.fail("$.body", f"not JSON: {exc}") from None
+    if type(raw_resources) is not list:
+        raise rd.fail("$.body", "expected an array")
+    return _resources(rd, raw_resources, pool)
+
+
+_STR = {str}
+
+
+def _pairs(rd: _Reader, raw: Json, path: str) -> tuple[tuple[str, str], ...]:
+    """A flat array of strings, two by two."""
+    if type(raw) is not list or len(raw) % 2 or not set(map(type, raw)) <= _STR:
+        raise rd.fail(path, "expected an array of strings, two per item")
+    return tuple(zip(raw[::2], raw[1::2], strict=True))
+
+
+def _summary(rd: _Reader, raw: Json) -> Summary:
+    anycast = rd.get(raw, "anycast", list, "$.summary")
+    if not all(
+        type(a) is list
+        and len(a) == 2
+        and type(a[0]) is str
+        and type(a[1]) is list
+        and set(map(type, a[1])) <= _STR
+        for a in anycast
+    ):
+        raise rd.fail("$.summary.anycast", "expected an array of [app, [prefix...]]")
+    return Summary(
+        settled=rd.get(raw, "settled", bool, "$.summary"),
+        machines=_pairs(rd, raw.get("machines"), "$.summary.machines"),
+        others=_pairs(rd, raw.get("others"), "$.summary.others"),
+        unmanaged=rd.get(raw, "unmanaged", int, "$.summary"),
+        anycast=tuple((a, tuple(p)) for a, p in anycast),
     )
 
 
-def snapshot_from_json(raw: Json, source: str = "snapshot") -> Snapshot:
+def decoded(o: HostObservation) -> HostObservation:
+    """``o`` with its resources parsed (itself when they are already)."""
+    if o.lazy is None:
+        return o
+    parsed = _body(_Reader(o.host), o.lazy.body, o.lazy.pool)
+    return dataclasses.replace(o, resources=parsed, lazy=None)
+
+
+def snapshot_from_json(raw: Json, source: str = "snapshot", *, lazy: bool = False) -> Snapshot:
     version = raw.get("format_version") if isinstance(raw, dict) else None
     if version not in READABLE_FORMATS or type(version) is not int:
         raise FleetError(
@@ -499,25 +673,28 @@ def snapshot_from_json(raw: Json, source: str = "snapshot") -> Snapshot:
     pool = specpool.read(raw, source) if version >= 2 else None
     hosts: dict[str, HostObservation] = {}
     for answer in hosts_raw:
-        obs = host_from_json(answer, pool=pool)
+        obs = host_from_json(answer, pool=pool, lazy=lazy)
         if obs.host in hosts:
             raise FleetError(f"{source}: host {obs.host!r} appears twice")
         hosts[obs.host] = obs
     taken_at = raw.get("taken_at", "")
-    return Snapshot(hosts=MappingProxyType(hosts), taken_at=str(taken_at or ""))
+    return Snapshot(
+        hosts=MappingProxyType(hosts), taken_at=str(taken_at or ""), format_version=version
+    )
 
 
-def loads(text: str, source: str = "snapshot") -> Snapshot:
+def loads(text: str, source: str = "snapshot", *, lazy: bool = False) -> Snapshot:
+    """Parse a saved snapshot; ``lazy``: format-3 bodies stay text (for the planner only)."""
     try:
         raw = json.loads(text)
     except json.JSONDecodeError as exc:
         raise FleetError(f"{source}: not JSON: {exc}") from exc
-    return snapshot_from_json(raw, source)
+    return snapshot_from_json(raw, source, lazy=lazy)
 
 
-def dumps(snapshot: Snapshot) -> str:
-    """A saved snapshot (``format_version`` 2): compact, one host answer a line."""
-    raw = snapshot_to_saved_json(snapshot)
+def dumps(snapshot: Snapshot, version: int = FORMAT_VERSION) -> str:
+    """A saved snapshot (``format_version`` 3): compact, one host answer a line."""
+    raw = snapshot_to_saved_json(snapshot, version)
     hosts = raw.pop("hosts")
     head = json.dumps(raw, sort_keys=True, separators=(",", ":"), default=plain)
     lines = [json.dumps(h, sort_keys=True, separators=(",", ":"), default=plain) for h in hosts]

@@ -185,6 +185,9 @@ class Plan:
     created_at: str = ""
     format_version: int = FORMAT_VERSION
     extra: Mapping[str, Any] = field(default_factory=lambda: MappingProxyType({}))
+    # host -> the inputs digest (reconciler.core.inputs) apply records on the host once
+    # every step of the plan there succeeded; only hosts whose agents keep one
+    inputs: Mapping[str, str] = field(default_factory=lambda: MappingProxyType({}))
 
     @property
     def has_changes(self) -> bool:

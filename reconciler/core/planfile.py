@@ -115,6 +115,7 @@ def to_json(plan: P.Plan) -> dict[str, Json]:
         ],
         "warnings": [{"address": w.address, "message": w.message} for w in plan.warnings],
         "excluded": list(plan.excluded),
+        **({"inputs": dict(plan.inputs)} if plan.inputs else {}),
     }
 
 
@@ -218,6 +219,7 @@ def from_json(raw: Json, source: str = "plan") -> P.Plan:
             ),
             excluded=tuple(raw["excluded"]),
             created_at=raw.get("created_at", ""),
+            inputs={str(h): str(d) for h, d in raw.get("inputs", {}).items()},
         )
     except (KeyError, TypeError, ValueError) as exc:
         raise FleetError(f"{source}: malformed plan: {type(exc).__name__}: {exc}") from exc

@@ -18,7 +18,7 @@ from __future__ import annotations
 import ipaddress
 import operator
 from collections import defaultdict
-from collections.abc import Mapping
+from collections.abc import Iterator, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -32,11 +32,13 @@ from reconciler.core import (
     drain,
     guards,
     hostnet,
+    inputs,
     machines,
     observed,
     rollout,
     schedule,
     select,
+    skip,
 )
 from reconciler.core import plan as P
 
@@ -47,7 +49,7 @@ _by_address = operator.attrgetter("address")
 
 @dataclass(slots=True)
 class _Index:
-    """The snapshot, indexed once: O(resources)."""
+    """The snapshot, indexed once: O(resources), and O(1) per host a plan may skip."""
 
     reachable: set[str] = field(default_factory=set)
     unreachable: dict[str, str] = field(default_factory=dict)
@@ -64,16 +66,16 @@ class _Index:
     announced: dict[str, set[str]] = field(default_factory=lambda: defaultdict(set))  # app -> hosts
     keys: dict[str, str] = field(default_factory=dict)  # WireGuard public keys reported
     warnings: list[P.Warning] = field(default_factory=list)
+    # every managed machine's slot -> the hosts reporting it, in host order (placement)
+    seen: dict[str, list[str]] = field(default_factory=lambda: defaultdict(list))
+    # hosts that may be skipped (skip.candidate), not indexed resource by resource yet
+    candidates: dict[str, observed.HostObservation] = field(default_factory=dict)
+    summaries: dict[str, observed.Summary] = field(default_factory=dict)
+    inputs: dict[str, str] = field(default_factory=dict)  # digests reported ("": none kept)
 
 
 def _index(fleet: model.Fleet, snap: observed.Snapshot) -> _Index:
     idx = _Index()
-    machines_idx, others = idx.machines, idx.others
-    fleet_owner, machine_kind, machine_slot = (
-        observed.OWNER_FLEET,
-        Kind.MACHINE,
-        address.machine_slot,
-    )
     for name in sorted(fleet.hosts):
         obs = snap.hosts.get(name)
         if obs is None:
@@ -91,25 +93,20 @@ def _index(fleet: model.Fleet, snap: observed.Snapshot) -> _Index:
                 idx.prefixes[name] = ipaddress.IPv6Network(obs.facts.private_prefix)
             except ValueError:
                 idx.warnings.append(P.Warning(f"host.{name}", "reports an invalid private prefix"))
-        by_kind: dict[Kind, dict[str, observed.Resource]] = {}  # others[(name, kind)]
-        for r in obs.resources:
-            kind = r.kind
-            if r.owner != fleet_owner:  # not r.managed: a property call per resource
-                idx.unmanaged.append((name, r))
-            elif kind is machine_kind:
-                app, slot = machine_slot(r.id, r.spec)
-                machines_idx[f"{app}/{slot}"].append((name, r))
-            else:
-                of_kind = by_kind.get(kind)
-                if of_kind is None:
-                    of_kind = by_kind[kind] = others[(name, kind)]
-                of_kind[r.id] = r
-                if kind is Kind.ANNOUNCEMENT:
-                    announced = r.spec.get("app")
-                    if not (type(announced) is str and announced in idx.anycast):  # once per app
-                        _note_anycast(idx, r)
-                    if r.spec.get("prefixes"):
-                        idx.announced[str(announced)].add(name)
+        if obs.inputs is not None:
+            idx.inputs[name] = obs.inputs
+        summary = skip.candidate(obs)
+        if summary is None:
+            _index_resources(idx, name, observed.decoded(obs))
+            continue
+        idx.candidates[name] = obs
+        idx.summaries[name] = summary
+        for slot_id, _ in summary.machines:
+            idx.seen[slot_id].append(name)
+        for app, prefixes in summary.anycast:  # as _index_resources notes announcements
+            if app not in idx.anycast:
+                idx.anycast[app] = _anycast_of(prefixes)
+            idx.announced[app].add(name)
     for name in sorted(snap.hosts):
         if name not in fleet.hosts:
             idx.warnings.append(
@@ -118,12 +115,58 @@ def _index(fleet: model.Fleet, snap: observed.Snapshot) -> _Index:
     return idx
 
 
+def _index_resources(
+    idx: _Index,
+    name: str,
+    obs: observed.HostObservation,
+    *,
+    machines: bool = True,
+    seen: bool = True,
+) -> None:
+    """Index a host's resources one by one (``machines``: its machines too; ``seen``:
+    their slots too, unless its summary gave them already)."""
+    note_slots = seen
+    machines_idx, others, slots_seen = idx.machines, idx.others, idx.seen
+    fleet_owner, machine_kind, machine_slot = (
+        observed.OWNER_FLEET,
+        Kind.MACHINE,
+        address.machine_slot,
+    )
+    by_kind: dict[Kind, dict[str, observed.Resource]] = {}  # others[(name, kind)]
+    for r in obs.resources:
+        kind = r.kind
+        if r.owner != fleet_owner:  # not r.managed: a property call per resource
+            idx.unmanaged.append((name, r))
+        elif kind is machine_kind:
+            if machines:
+                app, slot = machine_slot(r.id, r.spec)
+                slot_id = f"{app}/{slot}"
+                machines_idx[slot_id].append((name, r))
+                if note_slots:
+                    slots_seen[slot_id].append(name)
+        else:
+            of_kind = by_kind.get(kind)
+            if of_kind is None:
+                of_kind = by_kind[kind] = others[(name, kind)]
+            of_kind[r.id] = r
+            if kind is Kind.ANNOUNCEMENT:
+                announced = r.spec.get("app")
+                if not (type(announced) is str and announced in idx.anycast):  # once per app
+                    _note_anycast(idx, r)
+                if r.spec.get("prefixes"):
+                    idx.announced[str(announced)].add(name)
+
+
 def _note_anycast(idx: _Index, r: observed.Resource) -> None:
     app = str(r.spec.get("app", ""))
     if not app or app in idx.anycast:
         return
+    idx.anycast[app] = _anycast_of(r.spec.get("prefixes", []))
+
+
+def _anycast_of(prefixes: Any) -> model.AppAddresses:
     v4 = v6 = None
-    for prefix in r.spec.get("prefixes", []):
+    for prefix in prefixes:
         try:
             addr = ipaddress.ip_interface(prefix).ip
         except ValueError:
@@ -132,7 +175,7 @@ def _note_anycast(idx: _Index, r: observed.Resource) -> None:
             v4 = addr
         else:
             v6 = addr
-    idx.anycast[app] = model.AppAddresses(v4, v6)
+    return model.AppAddresses(v4, v6)
 
 
 def make(
@@ -148,7 +191,7 @@ def make(
     world = fleet_compile.compile_world(
         fleet, previous_prefixes=idx.prefixes, previous_anycast=idx.anycast
     )
-    running = {slot: [h for h, _ in found] for slot, found in idx.machines.items()}
+    running = {slot: list(hosts) for slot, hosts in idx.seen.items()}
     usage: dict[str, list[Mapping[str, Any]]] = defaultdict(list)
     for host, r in idx.unmanaged:
         if r.kind is Kind.MACHINE:
@@ -159,14 +202,21 @@ def make(
     for host, error in sorted(idx.unreachable.items()):
         acc.deferred.append(P.Deferred(f"host.{host}", host, f"host not observed: {error}"))
     parts = {name: desired.AppParts(app, world.anycast[name]) for name, app in fleet.apps.items()}
-    on_host = machines.plan_machines(world, idx.machines, placement, acc, parts)
-    _host_resources(world, idx, on_host, acc, parts)
+    keys, digests, skipped = _skips(world, idx, placement, parts)
+    on_host = machines.plan_machines(world, idx.machines, placement, acc, parts, skipped=skipped)
+    edges = fleet_compile.edge_hosts(fleet)
+    if any(drain.in_place(w.change) for w in acc.works):
+        # drain.add reads the routes edges hold: a skipped edge's are indexed after all
+        for host in sorted(edges & skipped.keys()):
+            _index_resources(idx, host, observed.decoded(idx.candidates[host]), machines=False)
+            del skipped[host]
+    _host_resources(world, idx, on_host, acc, parts, keys=keys, skipped=skipped)
     drain.add(acc, fleet, idx.others)  # machines replaced in place leave the edges first
 
     ordered, rollouts = rollout.order(acc.works, fleet)
     chosen, excluded = select.select(ordered, options.targets, options.excludes)
     changes = tuple(w.change for w in chosen)
-    guards.check(changes, idx_machines_by_region(world, idx), idx.announced, options)
+    guards.check(changes, _machines_by_region(world, idx), idx.announced, options)
     steps = tuple(s for w in chosen for s in w.steps)
     return P.Plan(
         fleet=origin,
@@ -185,6 +235,7 @@ def make(
         rollouts=tuple(r for r in rollouts if any(c.app == r.app for c in changes)),
         excluded=tuple(sorted(w.change.address for w in excluded)),
         created_at=created_at,
+        inputs={} if options.targets or options.excludes else digests,
     )
 
 
@@ -201,17 +252,110 @@ def _sorted_changes(changes: tuple[P.Change, ...]) -> tuple[P.Change, ...]:
     return tuple(sorted(changes, key=lambda c: (c.address, _ORDER[c.action], c.from_host or "")))
 
 
-def idx_machines_by_region(world: model.DesiredWorld, idx: _Index) -> dict[str, int]:
+def _machines_by_region(world: model.DesiredWorld, idx: _Index) -> dict[str, int]:
     """Managed machines observed per region (the base of the destroy-share guard)."""
     out: dict[str, int] = defaultdict(int)
-    for found in idx.machines.values():
-        for host, _ in found:
+    for hosts in idx.seen.values():
+        for host in hosts:
             h = world.fleet.hosts.get(host)
             if h is not None:
                 out[h.region] += 1
     return out
 
 
+# ------------------------------------------------------------------ hosts skipped wholesale
+
+
+def _skips(
+    world: model.DesiredWorld,
+    idx: _Index,
+    placement: schedule.Placement,
+    parts: Mapping[str, desired.AppParts],
+) -> tuple[dict[str, str], dict[str, str], dict[str, dict[str, str]]]:
+    """The mesh keys, the inputs digests of the hosts that keep one, and the hosts
+    skipped (:mod:`reconciler.core.skip`): host -> slot -> etag.
+
+    Every candidate not skipped is indexed resource by resource here.
+    """
+    fleet = world.fleet
+    wireguard = Kind.WIREGUARD.value
+    if len(hostnet.public_keys(world, idx.keys, ())) < len(fleet.hosts) and any(
+        kind == wireguard for s in idx.summaries.values() for kind, _ in s.others
+    ):
+        # Some key may come from the peer lists hosts were last given: read every one.
+        for host in sorted(idx.candidates):
+            _index_resources(idx, host, observed.decoded(idx.candidates.pop(host)), seen=False)
+    keys = hostnet.public_keys(world, idx.keys, _applied_wireguard(idx))
+    if not idx.inputs:
+        return keys, {}, {}
+    slots_on: dict[str, dict[str, list[str]]] = defaultdict(lambda: defaultdict(list))
+    ids_on: dict[str, set[str]] = defaultdict(set)
+    deferred = placement.deferred
+    for slot_id, placed_on in placement.hosts.items():  # ids "app/key" (MachineSlot.id)
+        if slot_id not in deferred:
+            app, _, key = slot_id.partition("/")
+            slots_on[placed_on][app].append(key)
+            ids_on[placed_on].add(slot_id)
+    edges = fleet_compile.edge_hosts(fleet)
+    digests = inputs.host_digests(world, keys, slots_on, idx.inputs, edges)
+    skipped: dict[str, dict[str, str]] = {}
+    seen = idx.seen
+    for host, obs in sorted(idx.candidates.items()):
+        summary = idx.summaries[host]
+        mine = slots_on.get(host, {})
+        slot_ids = ids_on.get(host, set())
+        etags = dict(summary.machines)
+        supported = idx.kinds.get(host) or _LEGACY_KINDS
+        if (
+            obs.inputs == digests[host]
+            and len(etags) == len(summary.machines) == len(slot_ids)
+            and etags.keys() == slot_ids
+            and all(len(seen[s]) == 1 for s in slot_ids)
+            and _holds(summary, _wanted_ids(world, host, mine, parts, edges), supported)
+        ):
+            skipped[host] = etags
+        else:
+            _index_resources(idx, host, observed.decoded(obs), seen=False)
+    return keys, digests, skipped
+
+
+def _holds(
+    summary: observed.Summary, wanted: list[tuple[Kind, str]], supported: frozenset[str]
+) -> bool:
+    """Whether the host holds exactly the wanted host-level resources (ids; etags by digest)."""
+    ids = [(k, i) for k, i in wanted if k in supported]  # a StrEnum equals and hashes as its text
+    return len(ids) == len(summary.others) and set(ids) == set(summary.others)
+
+
+def _applied_wireguard(idx: _Index) -> Iterator[Mapping[str, Any]]:
+    """Every applied ``wireguard`` spec, in host order (read only when a key is missing)."""
+    for host, kind in sorted(idx.others):
+        if kind is Kind.WIREGUARD:
+            yield from (r.spec for r in idx.others[(host, kind)].values())
+
+
+def _wanted_ids(
+    world: model.DesiredWorld,
+    host: str,
+    apps: Mapping[str, object],
+    parts: Mapping[str, desired.AppParts],
+    edges: frozenset[str],
+) -> list[tuple[Kind, str]]:
+    """(kind, id) of every host-level resource ``_host_resources`` wants on ``host``, in order."""
+    fleet = world.fleet
+    out = [(Kind.IMAGE, ref) for ref in sorted({fleet.apps[a].image for a in apps})]
+    out.append((Kind.WIREGUARD, hostnet.MESH_ID))
+    if host in edges:
+        announced = [a for a in sorted(fleet.apps) if parts[a].public and parts[a].announces]
+        out += [(Kind.ROUTE, a) for a in announced]
+        if not fleet.hosts[host].cordoned:
+            out += [(Kind.ANNOUNCEMENT, a) for a in announced]
+        if hostnet.bird(world, host) is not None:
+            out.append((Kind.BGP, hostnet.BIRD_ID))
+    return out
+
+
+# ------------------------------------------------------------------ images, routes, announcements
 # ------------------------------------------------------------------ images, routes, announcements
 
 
@@ -221,10 +365,13 @@ def _host_resources(
     on_host: Mapping[str, Mapping[str, list[str]]],
     acc: machines.Acc,
     parts: Mapping[str, desired.AppParts],
+    *,
+    keys: Mapping[str, str],
+    skipped: Mapping[str, object],
 ) -> None:
     fleet = world.fleet
-    mesh = _mesh(world, idx, acc)
-    routes = desired.RouteSpecs(world, acc.placed)
+    mesh = _mesh(world, idx, acc, keys)
+    routes: desired.RouteSpecs | None = None  # made when an edge is not skipped
     # Every edge host (fleet_compile.edge_hosts: all hosts unless some are marked)
     # routes every public app with anycast addresses, cordoned ones too: its
     # machines may all be elsewhere. Non-cordoned edges announce them; whether
@@ -232,12 +379,24 @@ def _host_resources(
     announced = [parts[a] for a in sorted(fleet.apps) if parts[a].public and parts[a].announces]
     edges = fleet_compile.edge_hosts(fleet)
     for host in sorted(idx.reachable):
+        supported = idx.kinds.get(host) or _LEGACY_KINDS
+        if host in skipped:  # every etag matches: the full path's no-ops, from the ids
+            wanted_ids = _wanted_ids(world, host, on_host.get(host, {}), parts, edges)
+            _unsupported(acc, host, [k for k, _ in wanted_ids if k not in supported])
+            acc.noops += [
+                P.noop(address.host_resource(host, k, i), _NOOP_TEXT[k].format(id=i))
+                for k, i in wanted_ids
+                if k in supported
+            ]
+            continue
         wanted: list[desired.Desired] = []
         apps = on_host.get(host, {})
         refs = sorted({fleet.apps[a].image for a in apps})
         wanted += [desired.image(host, ref) for ref in refs]
         wanted.append(mesh.spec(host))
         if host in edges:
+            if routes is None:
+                routes = desired.RouteSpecs(world, machines.placed(world, acc))
             wanted += [routes.route(host, p.app.name) for p in announced]
             if not fleet.hosts[host].cordoned:
                 wanted += [p.announcement(host) for p in announced]
@@ -245,35 +404,33 @@ def _host_resources(
             if bird is not None:
                 wanted.append(bird)
         by_kind: dict[Kind, list[desired.Desired]] = defaultdict(list)
-        supported = idx.kinds.get(host) or _LEGACY_KINDS
-        skipped: dict[str, int] = defaultdict(int)
         for d in wanted:
-            if d.kind not in supported:  # a StrEnum is its value in a set of str
-                # Never guess: a host whose agent cannot hold this kind gets no step
-                # for it, and the plan says so (once per host and kind).
-                skipped[d.kind.value] += 1
-                continue
-            by_kind[d.kind].append(d)
-        for kind_name, count in sorted(skipped.items()):
-            acc.warnings.append(
-                P.Warning(f"host.{host}", f"{count} {kind_name} resource(s) not planned: "
-                          f"the agent on {host} does not manage {kind_name}s yet")
-            )  # fmt: skip
+            if d.kind in supported:  # a StrEnum is its value in a set of str
+                by_kind[d.kind].append(d)
+        _unsupported(acc, host, [d.kind for d in wanted if d.kind not in supported])
         for kind in _HOST_KINDS:
             _reconcile_kind(
                 acc, host, kind, by_kind.get(kind, []), idx.others.get((host, kind), {})
             )
 
 
-def _mesh(world: model.DesiredWorld, idx: _Index, acc: machines.Acc) -> hostnet.MeshParts:
+def _unsupported(acc: machines.Acc, host: str, kinds: list[Kind]) -> None:
+    """Never guess: a host whose agent cannot hold a kind gets no step for it, and
+    the plan says so (once per host and kind)."""
+    skipped: dict[str, int] = defaultdict(int)
+    for kind in kinds:
+        skipped[kind.value] += 1
+    for kind_name, count in sorted(skipped.items()):
+        acc.warnings.append(
+            P.Warning(f"host.{host}", f"{count} {kind_name} resource(s) not planned: "
+                      f"the agent on {host} does not manage {kind_name}s yet")
+        )  # fmt: skip
+
+
+def _mesh(
+    world: model.DesiredWorld, idx: _Index, acc: machines.Acc, keys: Mapping[str, str]
+) -> hostnet.MeshParts:
     """The fleet's mesh from the keys hosts report (or last gave their peers)."""
-    applied = (
-        r.spec
-        for (_, kind), by_id in idx.others.items()
-        if kind is Kind.WIREGUARD
-        for r in by_id.values()
-    )
-    keys = hostnet.public_keys(world, idx.keys, applied)
     meshed = {h for h, kinds in idx.kinds.items() if Kind.WIREGUARD.value in kinds}
     for host in sorted(meshed - set(keys)):
         acc.warnings.append(

@@ -225,22 +225,45 @@ class AgentClient:
             if isinstance(result, dict):
                 results.extend(_results(self.name, result))
 
-        answer = self.conn.exec(
-            agent_command(self.agent, "apply"),
-            stdin=json.dumps(request).encode(),
-            on_line=on_line,
-            timeout=APPLY_TIMEOUT_S,
-        )
-        self._check(answer, "apply")
+        self._send_apply(request, on_line, APPLY_TIMEOUT_S)
         if len(results) != len(actions):
             raise ProtocolError(
                 self.name, f"apply answered {len(results)} results for {len(actions)} actions"
             )
         return results
 
+    def record_inputs(self, digest: str, generation: int) -> bool:
+        """An apply request without actions that asks the agent to keep the digest."""
+        request = protocol.request_to_json(self.name, secrets.token_hex(16), [])
+        request["record_inputs"] = {"digest": digest, "generation": generation}
+        recorded: list[bool] = []
+
+        def on_line(line: str) -> None:
+            try:
+                doc = json.loads(line)
+            except ValueError:
+                return
+            if isinstance(doc, dict) and isinstance(doc.get("result"), dict):
+                recorded.append(doc["result"].get("inputs_recorded") is True)
+
+        self._send_apply(request, on_line, OBSERVE_TIMEOUT_S)
+        return recorded == [True]
+
+    def _send_apply(
+        self, request: dict[str, Json], on_line: Callable[[str], None], timeout: float
+    ) -> None:
+        answer = self.conn.exec(
+            agent_command(self.agent, "apply"),
+            stdin=json.dumps(request).encode(),
+            on_line=on_line,
+            timeout=timeout,
+        )
+        self._check(answer, "apply")
+
 
 def _results(host: str, raw: dict[str, Json]) -> list[protocol.Result]:
     out = []
+    generation = raw.get("generation")
     for item in raw.get("results") or []:
         try:
             outcome = protocol.Outcome(item["outcome"])
@@ -248,7 +271,11 @@ def _results(host: str, raw: dict[str, Json]) -> list[protocol.Result]:
             raise ProtocolError(host, f"apply answer: bad result {item!r}") from exc
         out.append(
             protocol.Result(
-                str(item.get("action", "")), outcome, item.get("etag"), str(item.get("message", ""))
+                str(item.get("action", "")),
+                outcome,
+                item.get("etag"),
+                str(item.get("message", "")),
+                generation if type(generation) is int else None,
             )
         )
     return out

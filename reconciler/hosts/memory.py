@@ -90,6 +90,8 @@ class MemoryHost:
         self.generation = 0
         self.items: dict[tuple[Kind, str], observed.Resource] = {}
         self.log: list[list[str]] = []  # every mutation: [verb, kind, id, etag]
+        # the reconciler's inputs digest and the generation it was recorded at (as the agent)
+        self.inputs: tuple[str, int] = ("", -1)
         # Hosts of one MemoryFleet share one re-entrant lock: saving the fleet reads
         # every host while the changing one holds its lock (separate locks deadlock).
         self._lock = lock if lock is not None else threading.RLock()
@@ -111,6 +113,7 @@ class MemoryHost:
                 generation=self.generation,
                 facts=self.facts,
                 resources=tuple(self.items[k] for k in sorted(self.items)),
+                inputs=self.inputs[0] if self.inputs[1] == self.generation else "",
             )
 
     def put(self, resource: observed.Resource) -> None:
@@ -119,8 +122,18 @@ class MemoryHost:
             self.items[(resource.kind, resource.id)] = resource
             self._changed(["put", resource.kind.value, resource.id, resource.etag])
 
+    def record_inputs(self, digest: str, generation: int) -> bool:
+        with self._lock:
+            if generation != self.generation:
+                return False
+            self.inputs = (digest, generation)
+            if self._on_change is not None:
+                self._on_change()
+            return True
+
     def _changed(self, entry: list[str]) -> None:
         self.generation += 1
+        self.inputs = ("", -1)  # any change voids the digest, as on the agent
         self.log.append(entry)
         if self._on_change is not None:
             self._on_change()
@@ -136,7 +149,8 @@ class MemoryHost:
         for action in actions:
             self.meter.enter(self._name)
             try:
-                results.append(self._one(action, on_event))
+                result = self._one(action, on_event)
+                results.append(dataclasses.replace(result, generation=self.generation))
             finally:
                 self.meter.leave(self._name)
         return results
@@ -284,6 +298,7 @@ class MemoryHost:
                 )["facts"],
                 "resources": [observed.resource_to_json(self.items[k]) for k in sorted(self.items)],
                 "log": self.log,
+                "inputs": list(self.inputs),
                 "behaviour": {
                     "boot_delay_s": b.boot_delay_s,
                     "pull_delay_s": b.pull_delay_s,
@@ -378,6 +393,8 @@ class MemoryFleet:
             h.generation = obs.generation
             h.items = {(r.kind, r.id): r for r in obs.resources}
             h.log = [list(e) for e in raw.get("log", [])]
+            digest, at = raw.get("inputs", ["", -1])
+            h.inputs = (str(digest), int(at))
             self.hosts[name] = h
 
     def observe_all(self, names: Iterable[str] | None = None) -> observed.Snapshot:

@@ -85,6 +85,7 @@ class Result:
     outcome: Outcome
     etag: str | None = None  # after the action; for ``refused`` the current etag
     message: str = ""
+    generation: int | None = None  # the host's inventory generation after the answer
 
 
 EventSink = Callable[[Event], None]
@@ -102,6 +103,11 @@ class HostClient(Protocol):
 
     def apply(self, actions: Sequence[Action], on_event: EventSink) -> list[Result]:
         """Run ``actions`` in order, streaming events; one result per action."""
+        ...
+
+    def record_inputs(self, digest: str, generation: int) -> bool:
+        """Keep ``digest`` (:mod:`reconciler.core.inputs`) if the host is still at
+        ``generation``; whether it did (False: changed since, or an older agent)."""
         ...
 
 

@@ -51,7 +51,7 @@ def test_a_saved_snapshot_stores_each_spec_value_once(tmp_path: Path) -> None:
     support.run(support.plan(fleet, hosts), hosts, sqlite.SqliteBackend(str(tmp_path / "s.db")))
     snap = hosts.observe_all()
     saved = json.loads(observed.dumps(snap))
-    assert saved["format_version"] == 2
+    assert saved["format_version"] == 3
     texts = [observed.canonical(v) for v in saved["spec_values"]]
     assert len(texts) == len(set(texts))
     machines = [r for o in snap.hosts.values() for r in o.resources if r.kind == "machine"]
@@ -59,7 +59,7 @@ def test_a_saved_snapshot_stores_each_spec_value_once(tmp_path: Path) -> None:
     assert len(machines) > len(images) and sorted(images) == sorted(
         v for v in saved["spec_values"] if isinstance(v, str) and v in images
     )
-    for raw in (r for h in saved["hosts"] for r in h["resources"]):
+    for raw in (r for h in saved["hosts"] if "body" in h for r in json.loads(h["body"])):
         assert "spec" not in raw and raw["spec_ref"]
     # Each spec reads back equal, key order included; one key reads alone.
     again = observed.loads(json.dumps(saved))
@@ -75,7 +75,7 @@ def test_a_damaged_saved_snapshot_is_one_clear_error(tmp_path: Path) -> None:
     fleet = support.load(support.fleet_dir(tmp_path))
     hosts = support.hosts_for(fleet)
     support.run(support.plan(fleet, hosts), hosts, sqlite.SqliteBackend(str(tmp_path / "s.db")))
-    saved = json.loads(observed.dumps(hosts.observe_all()))
+    saved = json.loads(observed.dumps(hosts.observe_all(), 2))  # format 2: still read
     bad_keys = {**saved, "spec_keys": [["app", 3]]}
     with pytest.raises(FleetError, match=r"obs\.json: \$\.spec_keys"):
         observed.loads(json.dumps(bad_keys), "obs.json")

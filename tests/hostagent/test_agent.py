@@ -234,3 +234,57 @@ def test_observe_reports_managed_and_unmanaged(setup: tuple[Agent, Recorder, Clo
     managed = next(r for r in answer["resources"] if r["id"] == "web/ams#1")
     assert managed["etag"] == "e1"
     assert managed["status"] == {"state": "running", "health": "passing", "runtime": {"pid": 42}}
+
+
+def _record(agent: Agent, digest: str, generation: int) -> dict[str, Any]:
+    out = agent.apply(
+        {
+            "protocol_version": 1,
+            "host": "ams-1",
+            "actions": [],
+            "record_inputs": {"digest": digest, "generation": generation},
+        },
+        lambda _e: None,
+    )
+    result: dict[str, Any] = out["result"]
+    return result
+
+
+def test_the_inputs_digest_is_kept_until_anything_changes_the_inventory(
+    setup: tuple[Agent, Recorder, Clock],
+) -> None:
+    agent, _, _ = setup
+    observe = {"protocol_version": 1, "host": "ams-1"}
+    assert agent.observe(observe)["inputs_digest"] == ""  # kept none yet
+    apply(agent, action("a1", "create", "e1", None))
+    generation = agent.observe(observe)["generation"]
+    # A digest for a generation the inventory has moved past is refused.
+    assert _record(agent, "inputs:old", generation - 1)["inputs_recorded"] is False
+    assert agent.observe(observe)["inputs_digest"] == ""
+    recorded = _record(agent, "inputs:abc", generation)
+    assert recorded["inputs_recorded"] is True and recorded["generation"] == generation
+    assert agent.observe(observe)["inputs_digest"] == "inputs:abc"
+    # It survives a restart of the agent (it is in the inventory file)...
+    again = Agent(agent.inventory, agent.handlers, FACTS)
+    assert again.observe(observe)["inputs_digest"] == "inputs:abc"
+    # ...and a status the supervisor records (plans check statuses themselves)...
+    with agent.inventory.transaction() as state:
+        entry = state.get("machine", "web/ams#1")
+        assert entry is not None
+        entry.status = {**entry.status, "health": "critical"}
+    answer = agent.observe(observe)
+    assert answer["generation"] == generation + 1 and answer["inputs_digest"] == "inputs:abc"
+    # (and does not stop a record for the generation before it)
+    assert _record(agent, "inputs:abc", generation)["inputs_recorded"] is True
+    # ...but any change to a resource, by an action or anything else, voids it.
+    apply(agent, action("a2", "update", "e2", "e1"))
+    assert agent.observe(observe)["inputs_digest"] == ""
+    assert _record(agent, "inputs:abc", generation + 1)["inputs_recorded"] is False
+    recorded = _record(agent, "inputs:def", agent.observe(observe)["generation"])
+    assert recorded["inputs_recorded"] is True
+    with agent.inventory.transaction() as state:
+        entry = state.get("machine", "web/ams#1")
+        assert entry is not None
+        entry.spec = {"image": "changed by hand"}
+    assert agent.observe(observe)["inputs_digest"] == ""
+    assert _record(agent, "inputs:abc", generation)["inputs_recorded"] is False

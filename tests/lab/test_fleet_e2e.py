@@ -8,6 +8,7 @@ leaves the fleet converged for the next.
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import os
 import shutil
@@ -22,7 +23,9 @@ from typing import Any
 
 import pytest
 
-from reconciler.core import observed
+from fleet import load as fleet_load
+from reconciler.core import observed, planfile, planner
+from reconciler.core import plan as P
 from tests.lab.conftest import ROOT, Lab, lab_directory
 
 pytestmark = [pytest.mark.root, pytest.mark.lab, pytest.mark.qemu, pytest.mark.slow]
@@ -78,7 +81,7 @@ class Fleet:
     def observe(self) -> dict[str, Any]:
         out = self.dir.parent / "observed.json"
         self.run("observe", "--fleet", str(self.dir), "--save", str(out))
-        # The saved file pools specs (format 2); read it back as answers with specs inline.
+        # The saved file pools specs (format 3); read it back as answers with specs inline.
         return observed.snapshot_to_json(observed.loads(out.read_text(), str(out)))
 
     def machines(self) -> list[tuple[str, dict[str, Any]]]:
@@ -149,6 +152,46 @@ def test_plan_again_has_no_changes(fleet: Fleet) -> None:
     code, out = fleet.plan_code()
     assert code == 0, out
     assert "No changes." in out
+
+
+def test_the_agents_keep_the_inputs_digest_and_the_next_plan_skips_every_host(
+    fleet: Fleet, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The apply recorded its inputs digest on every real agent; a plan from their
+    answers (saved as observe --save writes them) parses the resources of no host
+    but those not settled (a machine failing its checks on this loaded machine)
+    and says exactly what the full per-resource path says."""
+    saved = fleet.dir.parent / "observed.json"
+    fleet.run("observe", "--fleet", str(fleet.dir), "--save", str(saved))
+    raw = json.loads(saved.read_text())
+    assert raw["format_version"] == 3
+    assert all(h["inputs_digest"].startswith("inputs:") for h in raw["hosts"]), raw["hosts"]
+    unsettled = sorted(h["host"] for h in raw["hosts"] if not h["summary"]["settled"])
+    assert len(unsettled) < len(raw["hosts"])
+    the_fleet = fleet_load.load_dir(fleet.dir)
+    parsed: list[str] = []
+    real = observed.decoded
+
+    def decoded(o: observed.HostObservation) -> observed.HostObservation:
+        parsed.append(o.host)
+        return real(o)
+
+    with monkeypatch.context() as m:
+        m.setattr(observed, "decoded", decoded)
+        skipped = planner.make(
+            the_fleet, observed.loads(saved.read_text(), lazy=True), origin=P.FleetRef(None, False)
+        )
+    assert parsed == unsettled and skipped.noops
+    eager = observed.loads(saved.read_text())
+    full = planner.make(
+        the_fleet,
+        dataclasses.replace(
+            eager,
+            hosts={n: dataclasses.replace(o, inputs="") for n, o in eager.hosts.items()},
+        ),
+        origin=P.FleetRef(None, False),
+    )
+    assert planfile.dumps(full) == planfile.dumps(skipped)
 
 
 def test_killed_supervisor_leaves_machines_running_and_a_new_one_adopts_them(fleet: Fleet) -> None:
