@@ -131,6 +131,16 @@ class Edge:
                     _write(self.paths.table, json.dumps(spec.table_to_json(edge.live)))
                 fcntl.flock(lock, fcntl.LOCK_UN)
 
+    def busy(self) -> bool:
+        """Whether another process (or thread) holds the edge lock right now."""
+        with open(self.paths.lock, "a+") as probe:
+            try:
+                fcntl.flock(probe, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            except BlockingIOError:
+                return True
+            fcntl.flock(probe, fcntl.LOCK_UN)
+            return False
+
     def saved(self) -> t.RoutingTable | None:
         try:
             return spec.table_from_json(json.loads(self.paths.table.read_text()))
@@ -462,6 +472,11 @@ class Ticker:
             return []
         alive = reload.HAProxyProcess(edge.paths.options()).adopt()
         if alive and not self._astray(saved):
+            return []
+        if alive and edge.busy():
+            # An apply is changing the edge: it asks the stopped apps under the lock, and
+            # until it saves, HAProxy may be ahead of the saved table (a drain step waits
+            # there up to kill_timeout). Do not hold up the supervisor: look again next tick.
             return []
         edge.change({}, self.handler.stopped_apps, lambda *_: None)
         return [] if alive else ["restarted HAProxy"]

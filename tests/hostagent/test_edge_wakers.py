@@ -10,6 +10,7 @@ any waker HAProxy holds otherwise than the machines call for.
 from __future__ import annotations
 
 import fcntl
+import threading
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -68,16 +69,6 @@ def _saved(e: edge.Edge) -> bool:
     return edge.waker_states(saved)[WAKER]
 
 
-def _lock_held(e: edge.Edge) -> bool:
-    with open(e.paths.lock, "a+") as probe:
-        try:
-            fcntl.flock(probe, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except BlockingIOError:
-            return True
-        fcntl.flock(probe, fcntl.LOCK_UN)
-        return False
-
-
 def test_an_apply_asks_for_the_stopped_apps_after_a_concurrent_stop_took_the_lock(
     host_edge: edge.Edge,
 ) -> None:
@@ -100,7 +91,7 @@ def test_an_apply_asks_for_the_stopped_apps_after_a_concurrent_stop_took_the_loc
     def asked_by_the_apply() -> frozenset[str]:
         answer = machines.stopped_apps()
         machines.stopped.add("web")  # autostop stops the machine right after
-        if _lock_held(host_edge):
+        if host_edge.busy():
             late.append("the ticker waits for the lock")  # it runs once the apply is done
         else:
             ticker(0.0)  # the lock is free: the ticker runs before the apply takes it
@@ -150,3 +141,21 @@ def test_the_ticker_corrects_a_waker_haproxy_holds_unlike_the_saved_table(
     assert _held(host_edge) and _saved(host_edge)
     ticker(2.0)  # nothing astray now: a no-op
     assert _held(host_edge)
+
+
+def test_the_ticker_does_not_wait_for_an_apply_holding_the_lock(host_edge: edge.Edge) -> None:
+    """Mid-apply HAProxy may be ahead of the saved table: the supervisor must not stall."""
+    machines, ticker = _stopped_and_ticked(host_edge)
+    machines.stopped.clear()  # woken: the waker should go off
+    with open(host_edge.paths.lock, "a+") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)  # an apply in a drain step
+        tick = threading.Thread(target=ticker, args=(1.0,))
+        tick.start()
+        tick.join(2.0)
+        held_up = tick.is_alive()
+        fcntl.flock(lock, fcntl.LOCK_UN)
+    tick.join()
+    assert not held_up
+    assert _held(host_edge)  # left for the next tick
+    ticker(2.0)
+    assert not _held(host_edge) and not _saved(host_edge)
