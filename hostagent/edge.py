@@ -43,6 +43,8 @@ from providers.proxy import table as t
 
 log = logging.getLogger(__name__)
 Json = Any
+# The apps with a stopped local machine, asked anew each time (it changes under our feet)
+StoppedApps = Callable[[], frozenset[str]]
 KIND = "route"
 DRAIN_POLL_S = 0.1
 # how long a drain step waits for the servers it restores to pass this HAProxy's checks
@@ -129,6 +131,16 @@ class Edge:
                     _write(self.paths.table, json.dumps(spec.table_to_json(edge.live)))
                 fcntl.flock(lock, fcntl.LOCK_UN)
 
+    def busy(self) -> bool:
+        """Whether another process (or thread) holds the edge lock right now."""
+        with open(self.paths.lock, "a+") as probe:
+            try:
+                fcntl.flock(probe, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            except BlockingIOError:
+                return True
+            fcntl.flock(probe, fcntl.LOCK_UN)
+            return False
+
     def saved(self) -> t.RoutingTable | None:
         try:
             return spec.table_from_json(json.loads(self.paths.table.read_text()))
@@ -170,13 +182,16 @@ class Edge:
     def change(
         self,
         override: Mapping[str, Mapping[str, Json] | None],
-        stopped: frozenset[str],
+        stopped: StoppedApps,
         emit: H.Emit,
     ) -> None:
         """Under the edge lock: the served specs with ``override`` (None: removed), made live.
 
         Concurrent applies (one per action) serialise here, each starting from
-        what the previous one made live, so none undoes another's route.
+        what the previous one made live, so none undoes another's route. The
+        stopped apps (each waker's state) are asked under the lock too: a set
+        asked before it could be older than the table the previous holder
+        made live, and would undo its wakers.
         """
         with self.locked() as edge:
             before = self.specs()
@@ -191,9 +206,11 @@ class Edge:
             elif specs == before and (edge.live is not None or not specs):
                 return  # nothing changes (e.g. removing a route that never went live)
             try:
-                table = self.table(specs, stopped)
+                table = self.table(specs, stopped())
                 if table.routes:
                     self._bring(edge, table, emit)
+                    if not override:
+                        align_wakers(edge, emit)
                 else:
                     edge.stop()
                     self.paths.table.unlink(missing_ok=True)
@@ -236,6 +253,47 @@ class Edge:
             # only once no request is in flight there (or kill_timeout has passed).
             wait_idle(edge, asked)
             emit("drained", ", ".join(f"{r}/{s}" for r, s in sorted(asked)))
+
+
+def waker_states(table: t.RoutingTable) -> dict[tuple[str, str], bool]:
+    """(route, waker) -> enabled, for every waker of the table. Pure."""
+    return {
+        (r.name, s.name): s.enabled
+        for r in table.routes
+        for s in r.servers
+        if s.role is t.Role.WAKER
+    }
+
+
+def haproxy_waker_states(
+    table: t.RoutingTable, states: Collection[runtime.ServerState]
+) -> dict[tuple[str, str], bool]:
+    """(route, waker) -> enabled (not in maintenance) as HAProxy holds the table's wakers."""
+    wakers = waker_states(table)
+    return {(s.backend, s.name): not s.maintenance for s in states if (s.backend, s.name) in wakers}
+
+
+def align_wakers(edge: proxy.EdgeProxy, emit: H.Emit) -> None:
+    """Bring HAProxy's waker states to the live table's where they differ (under the lock).
+
+    The table is what this process believes HAProxy holds; a refresh diffs
+    against it, so a waker HAProxy holds otherwise would never be corrected.
+    """
+    live = edge.live
+    if live is None:
+        return
+    held = haproxy_waker_states(live, edge.session.servers_state())
+    for (backend, name), enabled in sorted(waker_states(live).items()):
+        if held.get((backend, name), enabled) == enabled:
+            continue
+        command = f"{'enable' if enabled else 'disable'} server {backend}/{name}"
+        answer = edge.session.execute(command)
+        if not runtime.succeeded(command, answer):
+            raise ProviderError(f"proxy: {command!r} refused: {answer.strip()}")
+        log.warning(
+            "proxy: waker %s/%s was %s in HAProxy", backend, name, "off" if enabled else "on"
+        )
+        emit("waker-aligned", f"{backend}/{name} {'enabled' if enabled else 'disabled'}")
 
 
 def with_leavers_draining(live: t.RoutingTable, new: t.RoutingTable) -> t.RoutingTable:
@@ -353,27 +411,23 @@ class RouteHandler:
 
     kind = KIND
 
-    def __init__(
-        self,
-        edge: Edge,
-        stopped_apps: Callable[[], frozenset[str]] = frozenset,
-    ) -> None:
+    def __init__(self, edge: Edge, stopped_apps: StoppedApps = frozenset) -> None:
         self.edge = edge
         self.stopped_apps = stopped_apps
 
     def create(self, rid: str, spec_: Mapping[str, Json], emit: H.Emit) -> None:
-        self.edge.change({rid: spec_}, self.stopped_apps(), emit)
+        self.edge.change({rid: spec_}, self.stopped_apps, emit)
 
     def update(
         self, rid: str, old: Mapping[str, Json], spec_: Mapping[str, Json], emit: H.Emit
     ) -> None:
-        self.edge.change({rid: spec_}, self.stopped_apps(), emit)
+        self.edge.change({rid: spec_}, self.stopped_apps, emit)
 
     def delete(self, rid: str, spec_: Mapping[str, Json], emit: H.Emit) -> None:
-        self.edge.change({rid: None}, self.stopped_apps(), emit)
+        self.edge.change({rid: None}, self.stopped_apps, emit)
 
     def start(self, rid: str, spec_: Mapping[str, Json], emit: H.Emit) -> None:
-        self.edge.change({}, self.stopped_apps(), emit)
+        self.edge.change({}, self.stopped_apps, emit)
 
     def observe(self, rid: str, spec_: Mapping[str, Json]) -> H.Observed:
         alarm = self.edge.alarm()
@@ -400,26 +454,47 @@ class RouteHandler:
 class Ticker:
     """The supervisor's edge duty: restart a dead HAProxy, keep wakers matching stopped machines.
 
-    Cheap when nothing changed (a PID check and the machines' states); the table
-    is rebuilt only when HAProxy died or the set of apps with a stopped local
-    machine changed.
+    Cheap when nothing changed (a PID check, the machines' states and one
+    ``show servers state``). The table is rebuilt when HAProxy died or when
+    the waker states the stopped machines call for differ from the saved
+    table's or from HAProxy's: compared with what is there, not with what
+    this ticker last wrote, so a table another process made live with an
+    outdated set of stopped apps is corrected on the next tick.
     """
 
     def __init__(self, handler: RouteHandler) -> None:
         self.handler = handler
-        self._stopped: frozenset[str] | None = None
 
     def __call__(self, now: float) -> list[str]:
         edge = self.handler.edge
-        if edge.saved() is None:
+        saved = edge.saved()
+        if saved is None:
             return []
         alive = reload.HAProxyProcess(edge.paths.options()).adopt()
-        stopped = self.handler.stopped_apps()
-        if alive and stopped == self._stopped:
+        if alive and not self._astray(saved):
             return []
-        edge.change({}, stopped, lambda *_: None)
-        self._stopped = stopped
+        if alive and edge.busy():
+            # An apply is changing the edge: it asks the stopped apps under the lock, and
+            # until it saves, HAProxy may be ahead of the saved table (a drain step waits
+            # there up to kill_timeout). Do not hold up the supervisor: look again next tick.
+            return []
+        edge.change({}, self.handler.stopped_apps, lambda *_: None)
         return [] if alive else ["restarted HAProxy"]
+
+    def _astray(self, saved: t.RoutingTable) -> bool:
+        edge = self.handler.edge
+        wanted = waker_states(spec.assign_wakers(saved, self.handler.stopped_apps(), edge.settings))
+        if wanted != waker_states(saved):
+            return True
+        try:
+            with runtime.AdminSession(edge.paths.options().admin_socket, 1.0) as session:
+                states = session.servers_state()
+        except ProviderError:
+            return False  # HAProxy cannot say now (a reload): the saved table agrees
+        return any(
+            held != wanted.get(key, held)
+            for key, held in haproxy_waker_states(saved, states).items()
+        )
 
 
 class HAProxyHealth:

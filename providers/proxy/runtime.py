@@ -37,12 +37,17 @@ class ServerState:
     address: str
     port: int
     op_state: int  # 0 stopped, 1 starting, 2 running, 3 stopping
-    admin_state: int  # bit flags; 0x01/0x02/0x04 maintenance, 0x08 drain
+    admin_state: int  # bit flags (SRV_ADMF_*): see maintenance; 0x08 drain
     weight: int
 
     @property
     def maintenance(self) -> bool:
-        return bool(self.admin_state & 0x07)
+        """Forced (0x01), inherited (0x02) or resolution (0x20) maintenance: HAProxy's mask.
+
+        Not 0x04 (CMAINT): it only records that the configuration said
+        ``disabled``, and stays set after ``enable server`` puts it in service.
+        """
+        return bool(self.admin_state & 0x23)
 
 
 @dataclass(frozen=True, slots=True)

@@ -30,7 +30,7 @@ pytestmark = pytest.mark.slow
 def host_edge(tmp_path: Path) -> Iterator[edge.Edge]:
     e = edge.Edge(edge.EdgePaths.of(tmp_path), "sea-1")
     yield e
-    e.change({"web": None}, frozenset(), lambda *_: None)  # the last route: HAProxy stops
+    e.change({"web": None}, frozenset, lambda *_: None)  # the last route: HAProxy stops
 
 
 # HAProxy outlives the agent process that starts it (its own session; later ones adopt
@@ -45,7 +45,7 @@ def test_a_drained_server_finishes_in_flight_and_the_backup_serves(
     servers = (server("sea.1", local), server("ams.1", remote, role=t.Role.REMOTE, region="ams"))
     served = spec.to_json("web", "sea", [route("web", port, servers)])
     events: list[tuple[str, str]] = []
-    host_edge.change({"web": served}, frozenset(), lambda *e: events.append((e[0], e[1])))
+    host_edge.change({"web": served}, frozenset, lambda *e: events.append((e[0], e[1])))
     assert {get(port)[2] for _ in range(5)} == {b"old\n"}  # the backup idles while local is up
 
     slow: list[tuple[int, bytes]] = []
@@ -54,7 +54,7 @@ def test_a_drained_server_finishes_in_flight_and_the_backup_serves(
     time.sleep(0.3)
     began = time.monotonic()
     drained = spec.with_draining(served, ["sea.1"])
-    host_edge.change({"web": drained}, frozenset(), lambda *e: events.append((e[0], e[1])))
+    host_edge.change({"web": drained}, frozenset, lambda *e: events.append((e[0], e[1])))
     waited = time.monotonic() - began
     request.join()
     assert slow == [(200, b"old\n")]
@@ -65,7 +65,7 @@ def test_a_drained_server_finishes_in_flight_and_the_backup_serves(
 
     backends.stop("old")  # what the reconciler does next: the old VM goes
     backends.start("old", local)  # ... and its replacement answers at the same address
-    host_edge.change({"web": served}, frozenset(), lambda *e: events.append((e[0], e[1])))
+    host_edge.change({"web": served}, frozenset, lambda *e: events.append((e[0], e[1])))
     time.sleep(1.5)  # HAProxy's check (downinter 1s, rise 1) sees the new one up
     assert {get(port)[2] for _ in range(5)} == {b"old\n"}
 
@@ -114,7 +114,7 @@ def test_the_next_batch_is_drained_only_once_the_restored_server_is_up(
     served = spec.to_json("web", "sea", [route("web", port, servers)])
     events: list[tuple[str, str]] = []
     emit = lambda *e: events.append((e[0], e[1]))  # noqa: E731
-    host_edge.change({"web": spec.with_draining(served, ["sea.1"])}, frozenset(), emit)
+    host_edge.change({"web": spec.with_draining(served, ["sea.1"])}, frozenset, emit)
     time.sleep(3.0)  # nothing listens at sea.1: two checks fail (inter 2s, fastinter), DOWN
     assert {get(port)[2] for _ in range(3)} == {b"remote\n"}
 
@@ -122,7 +122,7 @@ def test_the_next_batch_is_drained_only_once_the_restored_server_is_up(
     late.start()
     try:
         began = time.monotonic()
-        host_edge.change({"web": spec.with_draining(served, ["ams.1"])}, frozenset(), emit)
+        host_edge.change({"web": spec.with_draining(served, ["ams.1"])}, frozenset, emit)
         waited = time.monotonic() - began
     finally:
         late.join()

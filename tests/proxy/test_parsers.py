@@ -54,3 +54,13 @@ def test_success_answers() -> None:
         "IP changed from '1.2.3.4' to '1.2.3.4', port changed from '80' to '81' "
         "by 'stats socket command'",
     )
+
+
+def test_a_server_disabled_in_the_configuration_then_enabled_is_not_in_maintenance() -> None:
+    # what HAProxy 2.6 answers for a waker rendered `disabled` (5: CMAINT|FMAINT), and
+    # after `enable server` (4: CMAINT stays, only a record of the configuration)
+    def state(admin: int) -> runtime.ServerState:
+        return runtime.ServerState("be_web_0", "waker", "127.0.0.1", 20000, 2, admin, 100)
+
+    assert state(0x05).maintenance and state(0x01).maintenance and state(0x20).maintenance
+    assert not state(0x04).maintenance and not state(0x08).maintenance
