@@ -27,8 +27,10 @@ Goal (issue 3): no-op plan <= 2x load+validate and under 3 s.
 from __future__ import annotations
 
 import argparse
+import base64
 import dataclasses
 import gc
+import hashlib
 import tempfile
 import time
 import tracemalloc
@@ -40,23 +42,34 @@ from typing import Any
 from bench import genfleet
 from fleet import compile as fleet_compile
 from fleet import load, model
+from providers import resources
 from reconciler import gcpause
-from reconciler.core import observed, planfile, planner
+from reconciler.core import observed, planfile, planner, snapfile
 from reconciler.core import plan as P
 
 
 def applied_snapshot(fleet: model.Fleet, recorded: bool = True) -> observed.Snapshot:
     """What the hosts report after applying ``fleet`` from empty (built from the plan's steps).
 
+    Each host reports what a current agent does: every resource kind, and a
+    WireGuard key (so every host holds the mesh: 999 peers each).
+
     ``recorded``: with the inputs digest each host's agent keeps after the apply
     (else agents that keep none: every plan takes the full path).
     """
     world = fleet_compile.compile_world(fleet)
+    kinds = tuple(sorted(k.value for k in resources.Kind))  # what today's agents manage
     empty = {
         name: observed.HostObservation(
             name,
             True,
-            facts=observed.Facts(private_prefix=str(world.host_prefixes[name])),
+            facts=observed.Facts(
+                private_prefix=str(world.host_prefixes[name]),
+                kinds=kinds,
+                wireguard_public_key=base64.b64encode(
+                    hashlib.sha256(name.encode()).digest()
+                ).decode(),
+            ),
             inputs="" if recorded else None,
         )
         for name in fleet.hosts
@@ -135,7 +148,7 @@ def main() -> None:
         root = genfleet.generate(Path(tmp) / "fleet", a.hosts, a.apps, a.machines, a.edges)
         fleet = load.load_dir(root)
         snap_path = Path(tmp) / "observed.json"
-        snap_path.write_text(observed.dumps(applied_snapshot(fleet)))  # as observe --save
+        snap_path.write_text(snapfile.dumps(applied_snapshot(fleet)))  # as observe --save
         n_machines = sum(x.machine_count for x in fleet.apps.values())
         print(
             f"fleet: {len(fleet.hosts)} hosts ({a.edges or 'all'} edges per region), "
@@ -145,7 +158,7 @@ def main() -> None:
         ten = changed(fleet, 0.10)
 
         def read() -> observed.Snapshot:
-            return observed.loads(snap_path.read_text(), "observed.json", lazy=True)
+            return snapfile.loads(snap_path.read_text(), "observed.json", lazy=True)
 
         def plan_of(edit: Callable[[model.Fleet], model.Fleet]) -> P.Plan:
             # What the CLI does (commands/plan.py): load, read + parse, plan.
@@ -174,7 +187,7 @@ def main() -> None:
         assert not noop.changes, "the no-op plan has changes"
         assert ten_plan.changes == planner.make(ten, snap, origin=P.FleetRef(None, False)).changes
         # Hosts skipped wholesale say what the full path says about them, to the byte.
-        full = observed.loads(observed.dumps(applied_snapshot(fleet, recorded=False)))
+        full = snapfile.loads(snapfile.dumps(applied_snapshot(fleet, recorded=False)))
         for f, got in ((fleet, noop), (ten, ten_plan)):
             want = planner.make(f, full, origin=P.FleetRef(None, False))
             assert planfile.dumps(dataclasses.replace(want, inputs=got.inputs)) == planfile.dumps(

@@ -19,7 +19,7 @@ from fleet import load as fleet_load
 from fleet import model
 from reconciler import observe as observe_mod
 from reconciler.commands import common
-from reconciler.core import observed
+from reconciler.core import observed, snapfile
 from reconciler.hosts import factory
 
 
@@ -63,7 +63,7 @@ def observe_cmd(args: argparse.Namespace) -> int:
     hosts = loaded.fleet.hosts.values()
     snap = observe_mod.observe_all(loaded.fleet, host_factory(args, dial_ahead=hosts))
     if args.save:
-        Path(args.save).write_text(observed.dumps(snap))
+        Path(args.save).write_text(snapfile.dumps(snap))
     else:
         json.dump(observed.snapshot_to_json(snap), sys.stdout, indent=1, sort_keys=True)
         print()

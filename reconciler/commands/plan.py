@@ -20,8 +20,8 @@ from reconciler import gcpause
 from reconciler import observe as observe_mod
 from reconciler.commands import common
 from reconciler.commands import observe as observe_commands
-from reconciler.core import observed, planfile, planner, render
 from reconciler.core import plan as P
+from reconciler.core import planfile, planner, render, snapfile
 from reconciler.hosts import factory, protocol
 from reconciler.state import base as state_base
 
@@ -97,7 +97,7 @@ def _make_plan(
             text = Path(args.observed).read_text()
         except OSError as exc:
             raise FleetError(f"{args.observed}: {exc.strerror}") from exc
-        snap = observed.loads(text, args.observed, lazy=True)  # bodies read as needed
+        snap = snapfile.loads(text, args.observed, lazy=True)  # bodies read as needed
     else:
         clients = observe_commands.host_factory(args, dial_ahead=loaded.fleet.hosts.values())
         snap = observe_mod.observe_all(loaded.fleet, clients)

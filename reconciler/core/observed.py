@@ -13,14 +13,12 @@ resource), an optional ``actual`` block (live configuration as read back, for
 drift) and a runtime status. ``status.runtime`` holds pids, uptime and the
 like: kept for display, never compared.
 
-A saved snapshot (``format_version`` 2) stores each distinct top-level spec
-value once and each resource's spec as indexes into that pool
-(:mod:`reconciler.core.specpool`): a 1,000-host snapshot shrinks about 3x and
-parses about twice as fast, and a no-op plan, which compares etags only,
-decodes almost none of the specs. Format 3 (what ``--save`` writes now) also
-keeps each host's resources as JSON text beside a :class:`Summary`, so a plan
-that skips the host (:mod:`reconciler.core.skip`) never parses them. Formats 1
-(inline specs) and 2 still load.
+A saved snapshot (``reconcile observe --save``) holds these answers; its file
+formats are :mod:`reconciler.core.snapfile`'s. Two things here serve it: a
+resource's spec may be a pooled one (:mod:`reconciler.core.specpool`), decoded
+only when read, and a host may hold its resources still as JSON text beside a
+:class:`Summary` (:class:`Lazy`), so that a plan that skips the host
+(:mod:`reconciler.core.skip`) never parses them.
 """
 
 from __future__ import annotations
@@ -34,13 +32,11 @@ from enum import StrEnum
 from types import MappingProxyType
 from typing import Any
 
-from fleet.errors import FleetError, ProtocolError
+from fleet.errors import ProtocolError
 from providers import resources
 from reconciler.core import address, specpool
 
 PROTOCOL_VERSION = 1  # the agent protocol (observe answer, apply request/events/result)
-FORMAT_VERSION = 3  # the saved snapshot file (2: pooled specs; 3: + per-host summary, lazy body)
-READABLE_FORMATS = (1, 2, 3)  # 1: every spec inline, as the agent answers
 OWNER_FLEET = "fleet"
 
 Json = Any
@@ -151,8 +147,8 @@ class Lazy:
     """A saved host's resources, still as the JSON text of its format-3 ``body``."""
 
     summary: Summary
-    body: str
-    pool: specpool.SpecPool | None = field(compare=False)
+    body: str  # the JSON text of the host's resources array
+    pool: Callable[[], specpool.SpecPool | None] = field(compare=False)  # read on first use
 
 
 @dataclass(frozen=True, slots=True)
@@ -185,7 +181,6 @@ class Snapshot:
 
     hosts: Mapping[str, HostObservation]
     taken_at: str = ""
-    format_version: int = FORMAT_VERSION
 
     def generations(self) -> dict[str, int]:
         return {h: o.generation for h, o in sorted(self.hosts.items()) if o.reachable}
@@ -313,47 +308,13 @@ def _drifts(r: Resource) -> bool:
     return canonical(live) != canonical(spec)
 
 
-def _summary_to_json(s: Summary) -> dict[str, Json]:
+def summary_to_json(s: Summary) -> dict[str, Json]:
     return {
         "settled": s.settled,
         "machines": [text for m in s.machines for text in m],  # flat: slot, etag, slot...
         "others": [text for x in s.others for text in x],  # flat: kind, id, kind...
         "unmanaged": s.unmanaged,
         "anycast": [[app, list(prefixes)] for app, prefixes in s.anycast],
-    }
-
-
-def snapshot_to_saved_json(s: Snapshot, version: int = FORMAT_VERSION) -> dict[str, Json]:
-    """The snapshot as ``reconcile observe --save`` writes it (``format_version`` 3).
-
-    Each resource's ``spec`` becomes ``spec_ref``: the index of its key list in
-    ``spec_keys``, then one index into ``spec_values`` per key (equal values,
-    compared by their canonical JSON, are stored once). A status with nothing
-    to say (no state, health unknown, no runtime) is left out. Format 3 then
-    moves each reachable host's ``resources`` into ``body``, their JSON text,
-    beside its ``summary``: a plan that skips the host never parses the body.
-    """
-    pool = specpool.Writer(canonical)
-    hosts = []
-    for name in sorted(s.hosts):
-        obs = decoded(s.hosts[name])
-        answer = host_to_json(obs)
-        for raw in answer.get("resources", []):
-            raw["spec_ref"] = pool.ref(raw.pop("spec"))
-            if raw["status"] == _NO_STATUS:
-                del raw["status"]
-        if version >= 3 and obs.reachable:
-            answer["summary"] = _summary_to_json(summarize(obs))
-            answer["body"] = json.dumps(
-                answer.pop("resources"), sort_keys=True, separators=(",", ":"), default=plain
-            )
-        hosts.append(answer)
-    return {
-        "format_version": version,
-        "taken_at": s.taken_at,
-        "spec_keys": pool.key_lists(),
-        "spec_values": pool.values,
-        "hosts": hosts,
     }
 
 
@@ -571,8 +532,66 @@ def host_from_json(
     host has ``summary`` and ``body`` instead of ``resources``: parsed now, or
     with ``lazy`` kept as text (:class:`Lazy`) until :func:`decoded`.
     """
+    rd, head = _head(raw, expect_host)
+    if not head.reachable:
+        return head
+    if pool is not None and "body" in raw:
+        body = rd.get(raw, "body", str, "$")
+        return _saved_body(rd, head, raw, body, lambda: pool, lazy=lazy)
+    return _with(head, _resources(rd, rd.get(raw, "resources", list, "$"), pool))
+
+
+def saved_host(
+    raw: Json,
+    body: str | None,
+    pool: Callable[[], specpool.SpecPool | None],
+    *,
+    lazy: bool,
+) -> HostObservation:
+    """A host of a saved format-4 snapshot: its entry (the answer without ``resources``,
+    with ``summary``) and ``body``, the JSON text of its resources (None if unreachable).
+
+    ``lazy``: the body stays text (:class:`Lazy`) until :func:`decoded`;
+    ``pool`` gives the snapshot's spec pool when a body is decoded.
+    """
+    rd, head = _head(raw, None)
+    if not head.reachable:
+        return head
+    if body is None:
+        raise rd.fail("$", "a reachable host without its resources")
+    return _saved_body(rd, head, raw, body, pool, lazy=lazy)
+
+
+def _saved_body(
+    rd: _Reader,
+    head: HostObservation,
+    raw: Json,
+    body: str,
+    pool: Callable[[], specpool.SpecPool | None],
+    *,
+    lazy: bool,
+) -> HostObservation:
+    summary = _summary_fast(raw.get("summary")) or _summary(rd, rd.get(raw, "summary", dict, "$"))
+    if lazy:
+        return _with(head, (), Lazy(summary, body, pool))
+    return _with(head, _body(rd, body, pool()))
+
+
+def _with(
+    head: HostObservation, parsed: tuple[Resource, ...], lazy: Lazy | None = None
+) -> HostObservation:
+    return HostObservation(
+        head.host, True, head.generation, head.facts, parsed, inputs=head.inputs, lazy=lazy
+    )
+
+
+def _head(raw: Json, expect_host: str | None) -> tuple[_Reader, HostObservation]:
+    """The answer without its resources, and a reader naming its host in errors."""
     name = raw.get("host") if isinstance(raw, dict) else None
     rd = _Reader(expect_host or (name if isinstance(name, str) else "?"))
+    fast = _head_fast(raw)
+    if fast is not None and (expect_host is None or fast.host == expect_host):
+        return rd, fast
     version = rd.get(raw, "protocol_version", int, "$")
     if version != PROTOCOL_VERSION:
         raise rd.fail(
@@ -584,7 +603,7 @@ def host_from_json(
     if expect_host is not None and host != expect_host:
         raise rd.fail("$.host", f"answer is for host {host!r}")
     if not rd.opt(raw, "reachable", bool, "$", True):
-        return HostObservation.unreachable(host, rd.opt(raw, "error", str, "$", "unreachable"))
+        return rd, HostObservation.unreachable(host, rd.opt(raw, "error", str, "$", "unreachable"))
     facts_raw = rd.opt(raw, "facts", dict, "$", {})
     gpus = rd.opt(facts_raw, "gpus", dict, "$.facts", {})
     facts = Facts(
@@ -599,17 +618,72 @@ def host_from_json(
     )
     inputs = rd.opt(raw, "inputs_digest", str, "$", None)
     generation = rd.get(raw, "generation", int, "$")
-    if pool is not None and "body" in raw:
-        body = rd.get(raw, "body", str, "$")
-        summary = _summary(rd, rd.get(raw, "summary", dict, "$"))
-        if lazy:
-            return HostObservation(
-                host, True, generation, facts, (), inputs=inputs, lazy=Lazy(summary, body, pool)
-            )
-        parsed = _body(rd, body, pool)
-    else:
-        parsed = _resources(rd, rd.get(raw, "resources", list, "$"), pool)
-    return HostObservation(host, True, generation, facts, parsed, inputs=inputs)
+    return rd, HostObservation(host, True, generation, facts, inputs=inputs)
+
+
+def _of(value: Any, typ: type, default: Any) -> Any:
+    """``value`` if exactly of ``typ``, ``default`` if None (absent); else ``_BAD``."""
+    if value is None:
+        return default
+    return value if type(value) is typ else _BAD
+
+
+_BAD: Any = object()
+
+
+def _head_fast(raw: Json) -> HostObservation | None:
+    """``_head`` of a well-formed reachable answer, with exact-type checks; None otherwise.
+
+    Like :func:`_resource_fast`: anything unusual takes the slow path, which
+    gives the same result or names the JSON path of the error.
+    """
+    if type(raw) is not dict:
+        return None
+    get = raw.get
+    facts_raw = get("facts", {})
+    if (
+        get("protocol_version") != PROTOCOL_VERSION
+        or type(get("protocol_version")) is not int
+        or get("reachable", True) is not True
+        or type(facts_raw) is not dict
+    ):
+        return None
+    host, generation = get("host"), get("generation")
+    inputs = _of(get("inputs_digest"), str, None)
+    f = facts_raw.get
+    gpus = _of(f("gpus"), dict, {})
+    kinds = _of(f("kinds"), list, [])
+    values = (
+        _of(f("cpus"), int, 0),
+        _of(f("memory_mb"), int, 0),
+        _of(f("hypervisor"), str, ""),
+        _of(f("agent_version"), str, ""),
+        _of(f("private_prefix"), str, None),
+        _of(f("wireguard_public_key"), str, None),
+    )
+    if (
+        type(host) is not str
+        or type(generation) is not int
+        or inputs is _BAD
+        or gpus is _BAD
+        or kinds is _BAD
+        or _BAD in values
+        or not all(type(k) is str and type(v) is int for k, v in gpus.items())
+        or not all(type(k) is str for k in kinds)
+    ):
+        return None
+    cpus, memory_mb, hypervisor, agent_version, private_prefix, wg_key = values
+    facts = Facts(
+        cpus,
+        memory_mb,
+        MappingProxyType(dict(gpus)),
+        hypervisor,
+        agent_version,
+        private_prefix,
+        tuple(kinds),
+        wg_key,
+    )
+    return HostObservation(host, True, generation, facts, inputs=inputs)
 
 
 def _body(rd: _Reader, body: str, pool: specpool.SpecPool | None) -> tuple[Resource, ...]:
@@ -652,50 +726,46 @@ def _summary(rd: _Reader, raw: Json) -> Summary:
     )
 
 
+def _summary_fast(raw: Json) -> Summary | None:
+    """``_summary`` of a well-formed summary, with exact-type checks; None otherwise."""
+    if type(raw) is not dict:
+        return None
+    settled, machines, others = raw.get("settled"), raw.get("machines"), raw.get("others")
+    unmanaged, anycast = raw.get("unmanaged"), raw.get("anycast")
+    if (
+        type(settled) is not bool
+        or type(unmanaged) is not int
+        or type(machines) is not list
+        or type(others) is not list
+        or type(anycast) is not list
+        or len(machines) % 2
+        or len(others) % 2
+        or not set(map(type, machines)) <= _STR
+        or not set(map(type, others)) <= _STR
+    ):
+        return None
+    pairs = []
+    for a in anycast:
+        if type(a) is not list or len(a) != 2:
+            return None
+        app, prefixes = a
+        if type(app) is not str or type(prefixes) is not list:
+            return None
+        if not set(map(type, prefixes)) <= _STR:
+            return None
+        pairs.append((app, tuple(prefixes)))
+    return Summary(
+        settled,
+        tuple(zip(machines[::2], machines[1::2], strict=True)),
+        tuple(zip(others[::2], others[1::2], strict=True)),
+        unmanaged,
+        tuple(pairs),
+    )
+
+
 def decoded(o: HostObservation) -> HostObservation:
     """``o`` with its resources parsed (itself when they are already)."""
     if o.lazy is None:
         return o
-    parsed = _body(_Reader(o.host), o.lazy.body, o.lazy.pool)
+    parsed = _body(_Reader(o.host), o.lazy.body, o.lazy.pool())
     return dataclasses.replace(o, resources=parsed, lazy=None)
-
-
-def snapshot_from_json(raw: Json, source: str = "snapshot", *, lazy: bool = False) -> Snapshot:
-    version = raw.get("format_version") if isinstance(raw, dict) else None
-    if version not in READABLE_FORMATS or type(version) is not int:
-        raise FleetError(
-            f"{source}: not an observed-state snapshot of format_version "
-            f"{' or '.join(map(str, READABLE_FORMATS))} (found {version!r})"
-        )
-    hosts_raw = raw.get("hosts")
-    if not isinstance(hosts_raw, list):
-        raise FleetError(f"{source}: $.hosts: expected an array")
-    pool = specpool.read(raw, source) if version >= 2 else None
-    hosts: dict[str, HostObservation] = {}
-    for answer in hosts_raw:
-        obs = host_from_json(answer, pool=pool, lazy=lazy)
-        if obs.host in hosts:
-            raise FleetError(f"{source}: host {obs.host!r} appears twice")
-        hosts[obs.host] = obs
-    taken_at = raw.get("taken_at", "")
-    return Snapshot(
-        hosts=MappingProxyType(hosts), taken_at=str(taken_at or ""), format_version=version
-    )
-
-
-def loads(text: str, source: str = "snapshot", *, lazy: bool = False) -> Snapshot:
-    """Parse a saved snapshot; ``lazy``: format-3 bodies stay text (for the planner only)."""
-    try:
-        raw = json.loads(text)
-    except json.JSONDecodeError as exc:
-        raise FleetError(f"{source}: not JSON: {exc}") from exc
-    return snapshot_from_json(raw, source, lazy=lazy)
-
-
-def dumps(snapshot: Snapshot, version: int = FORMAT_VERSION) -> str:
-    """A saved snapshot (``format_version`` 3): compact, one host answer a line."""
-    raw = snapshot_to_saved_json(snapshot, version)
-    hosts = raw.pop("hosts")
-    head = json.dumps(raw, sort_keys=True, separators=(",", ":"), default=plain)
-    lines = [json.dumps(h, sort_keys=True, separators=(",", ":"), default=plain) for h in hosts]
-    return head[:-1] + ',"hosts":[\n' + ",\n".join(lines) + "\n]}\n"

@@ -1,4 +1,4 @@
-"""The spec pool of a saved snapshot (``format_version`` 2): each spec value once, specs by index.
+"""The spec pool of a saved snapshot (``format_version`` 2-4): each spec value once, specs by index.
 
 Pure. A fleet's machines of one app share every spec field but their slot,
 region and address, so a saved snapshot stores each distinct top-level spec
@@ -6,7 +6,11 @@ value once (``spec_values``), each spec's key list once (``spec_keys``), and
 each resource's spec as a ``spec_ref`` string: the index of its key list, then
 one value index per key. :class:`PooledSpec` is such a spec, decoded on first
 use: a no-op plan compares etags and reads only the ``app`` and ``slot`` of
-each machine. :mod:`reconciler.core.observed` reads and writes the file.
+each machine. From format 4 a list of objects may be pooled item by item
+(``*N`` instead of a value index; ``spec_lists[N]`` names its items): every
+host's WireGuard peer list is the fleet's hosts but itself, so pooled whole
+1,000 hosts' lists were 160 MiB, item by item ~5 MiB.
+:mod:`reconciler.core.snapfile` reads and writes the file.
 """
 
 from __future__ import annotations
@@ -27,15 +31,22 @@ class SpecPool:
     source: str
     keys: tuple[tuple[str, ...], ...]
     values: list[Json]
+    lists: list[str]  # format 4: lists of pooled items, each its items' value indexes
     positions: tuple[Mapping[str, int], ...]  # per key list: key -> its place in a spec_ref
     # spec_ref -> its one PooledSpec: resources with equal specs (an app's announcement
     # on every edge host, a region's route on each of its edges) share one, decoded once
     specs: dict[str, PooledSpec]
+    made: dict[int, list[Json]]  # the lists of pooled items made so far, by index
 
     @staticmethod
-    def of(source: str, keys: tuple[tuple[str, ...], ...], values: list[Json]) -> SpecPool:
+    def of(
+        source: str,
+        keys: tuple[tuple[str, ...], ...],
+        values: list[Json],
+        lists: list[str] | None = None,
+    ) -> SpecPool:
         at = tuple({k: i for i, k in enumerate(ks, start=1)} for ks in keys)
-        return SpecPool(source, keys, values, at, {})
+        return SpecPool(source, keys, values, lists or [], at, {}, {})
 
 
 class PooledSpec(Mapping[str, Json]):
@@ -81,6 +92,11 @@ class PooledSpec(Mapping[str, Json]):
         return parts
 
     def _value(self, ref: str) -> Json:
+        if ref[:1] == "*":
+            return self._list(ref[1:])
+        return self._item(ref)
+
+    def _item(self, ref: str) -> Json:
         values = self._pool.values
         try:
             i = int(ref)
@@ -89,6 +105,20 @@ class PooledSpec(Mapping[str, Json]):
         if not 0 <= i < len(values):
             raise self._bad()
         return values[i]
+
+    def _list(self, ref: str) -> list[Json]:
+        """``*N``: the list ``spec_lists[N]`` names, item by item (made once per pool)."""
+        pool = self._pool
+        try:
+            n = int(ref)
+        except ValueError:
+            raise self._bad() from None
+        made = pool.made.get(n)
+        if made is None:
+            if not 0 <= n < len(pool.lists) or type(pool.lists[n]) is not str:
+                raise self._bad()
+            made = pool.made[n] = [self._item(i) for i in pool.lists[n].split()]
+        return made
 
     def decoded(self) -> dict[str, Json]:
         """The spec as a plain dict (made once)."""
@@ -123,39 +153,72 @@ class PooledSpec(Mapping[str, Json]):
 
 
 def read(raw: Mapping[str, Json], source: str) -> SpecPool:
-    """The pool of a saved snapshot's top level (``spec_keys``, ``spec_values``)."""
+    """The pool of a saved snapshot's top level (``spec_keys``, ``spec_values``,
+    and from format 4 ``spec_lists``)."""
     keys = raw.get("spec_keys", [])
     values = raw.get("spec_values", [])
+    lists = raw.get("spec_lists", [])
     if not isinstance(keys, list) or not all(
         isinstance(ks, list) and all(isinstance(k, str) for k in ks) for ks in keys
     ):
         raise FleetError(f"{source}: $.spec_keys: expected an array of arrays of strings")
     if not isinstance(values, list):
         raise FleetError(f"{source}: $.spec_values: expected an array")
-    return SpecPool.of(source, tuple(tuple(ks) for ks in keys), values)
+    if not isinstance(lists, list) or not all(isinstance(x, str) for x in lists):
+        raise FleetError(f"{source}: $.spec_lists: expected an array of strings")
+    return SpecPool.of(source, tuple(tuple(ks) for ks in keys), values, lists)
+
+
+# A list value of at least this many objects has its items pooled (``items``): a
+# host's WireGuard peers are every other host, so 1,000 hosts hold 1,000 lists of
+# 999 peers, nearly all shared.
+ITEMS_FROM = 4
 
 
 class Writer:
-    """Builds a pool while a snapshot is written: ``ref(spec)`` for each resource."""
+    """Builds a pool while a snapshot is written: ``ref(spec)`` for each resource.
 
-    def __init__(self, canonical: Callable[[Json], str]) -> None:
+    ``items`` (format 4): a list of objects is stored as ``*N``, ``spec_lists[N]``
+    holding its items' indexes in ``spec_values``; equal lists share one entry.
+    """
+
+    def __init__(self, canonical: Callable[[Json], str], *, items: bool = False) -> None:
         self.canonical = canonical  # equal values are those with equal canonical JSON
+        self.items = items
         self.values: list[Json] = []
+        self.lists: list[str] = []
         self._keys: dict[tuple[str, ...], int] = {}
         self._index: dict[str, int] = {}
+        self._list_index: dict[str, int] = {}
 
     def ref(self, spec: Mapping[str, Json]) -> str:
         keys = tuple(spec)
         refs = [str(self._keys.setdefault(keys, len(self._keys)))]
         for key in keys:
             value = spec[key]
-            text = self.canonical(value)
-            at = self._index.get(text)
-            if at is None:
-                at = self._index[text] = len(self.values)
-                self.values.append(value)
-            refs.append(str(at))
+            if (
+                self.items
+                and type(value) is list
+                and len(value) >= ITEMS_FROM
+                and all(type(v) is dict for v in value)
+            ):
+                items = " ".join(self._value(v) for v in value)
+                at = self._list_index.get(items)
+                if at is None:
+                    at = self._list_index[items] = len(self.lists)
+                    self.lists.append(items)
+                refs.append(f"*{at}")
+            else:
+                refs.append(self._value(value))
         return " ".join(refs)
+
+    def _value(self, value: Json) -> str:
+        text = self.canonical(value)
+        at = self._index.get(text)
+        if at is None:
+            at = self._index[text] = len(self.values)
+            self.values.append(value)
+        return str(at)
 
     def key_lists(self) -> list[list[str]]:
         return [list(k) for k in self._keys]

@@ -67,7 +67,7 @@ def test_observe_save_then_plan_from_snapshot(
     hosts = f"memory:{tmp_path / 'hosts.json'}"
     snap = tmp_path / "observed.json"
     assert cli.main(["observe", "--fleet", str(fleet), "--hosts", hosts, "--save", str(snap)]) == 0
-    assert json.loads(snap.read_text())["format_version"] == 3
+    assert json.loads(snap.read_text())["format_version"] == 4
     capsys.readouterr()
     assert (
         cli.main(["plan", "--fleet", str(fleet), "--observed", str(snap), "--detailed-exitcode"])

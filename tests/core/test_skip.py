@@ -1,4 +1,4 @@
-"""Hosts skipped wholesale by the plan: recorded inputs digests, settled hosts, format 3.
+"""Hosts skipped wholesale by the plan: recorded inputs digests, settled hosts, saved files.
 
 Every plan made through the skip is compared, byte for byte, with the plan the
 full per-resource path makes from the same observations without digests.
@@ -16,8 +16,8 @@ import pytest
 
 from fleet import compile as fleet_compile
 from fleet import model
-from fleet.errors import ProtocolError
-from reconciler.core import observed, planfile, planner
+from fleet.errors import FleetError, ProtocolError
+from reconciler.core import observed, planfile, planner, snapfile
 from reconciler.core import plan as P
 from reconciler.hosts import memory
 from reconciler.state import sqlite
@@ -73,7 +73,7 @@ def _planned_through_skip(
 ) -> tuple[P.Plan, list[str]]:
     """The plan from ``snap`` saved and read as ``plan --observed`` does, and the hosts
     whose resources it had to parse."""
-    lazy = observed.loads(observed.dumps(snap), lazy=True)
+    lazy = snapfile.loads(snapfile.dumps(snap), lazy=True)
     parsed: list[str] = []
     real = observed.decoded
 
@@ -180,9 +180,9 @@ def test_the_in_process_host_keeps_the_digest_until_its_resources_change(
 def test_a_saved_snapshot_keeps_bodies_unparsed_until_asked(tmp_path: Path) -> None:
     _, hosts = _applied(tmp_path)
     snap = hosts.observe_all()
-    text = observed.dumps(snap)
-    lazy = observed.loads(text, lazy=True)
-    eager = observed.loads(text)
+    text = snapfile.dumps(snap)
+    lazy = snapfile.loads(text, lazy=True)
+    eager = snapfile.loads(text)
     for name, obs in snap.hosts.items():
         kept = lazy.hosts[name]
         assert kept.resources == () and kept.lazy is not None
@@ -194,11 +194,47 @@ def test_a_saved_snapshot_keeps_bodies_unparsed_until_asked(tmp_path: Path) -> N
     raw = json.loads(text)
     raw["hosts"][0]["summary"]["machines"] = ["web/ams#1"]  # no etag
     with pytest.raises(ProtocolError, match=r"\$\.summary\.machines"):
-        observed.loads(json.dumps(raw), lazy=True)
-    raw = json.loads(text)
+        snapfile.loads(json.dumps(raw), lazy=True)
+    # A damaged body is found when the plan reads it: format 3 (a string) ...
+    raw = json.loads(snapfile.dumps(snap, 3))
     raw["hosts"][0]["body"] = "[{"
+    first = raw["hosts"][0]["host"]
     with pytest.raises(ProtocolError, match=r"\$\.body: not JSON"):
-        observed.decoded(observed.loads(json.dumps(raw), lazy=True).hosts[raw["hosts"][0]["host"]])
+        observed.decoded(snapfile.loads(json.dumps(raw), lazy=True).hosts[first])
+    # ... and format 4, read by position: the line of the first host's resources
+    lines = text.split("\n")
+    at = lines.index('],"bodies":[') + 1
+    lines[at] = "[{,"
+    damaged = snapfile.loads("\n".join(lines), lazy=True)
+    assert damaged.hosts[first].lazy is not None
+    with pytest.raises(ProtocolError, match=r"\$\.body: not JSON"):
+        observed.decoded(damaged.hosts[first])
+    # A damaged pool in that layout is an error naming the file when a spec is first read.
+    lines = text.split("\n")
+    lines[-2] = '"spec_values":[1,}'
+    damaged = snapfile.loads("\n".join(lines), "obs.json", lazy=True)
+    with pytest.raises(FleetError, match=r"obs\.json: spec pool .*not JSON"):
+        observed.decoded(damaged.hosts[first])
+
+
+def test_a_saved_snapshot_in_another_layout_reads_the_same(tmp_path: Path) -> None:
+    """Format 4 read by position and the same document re-laid-out (read as plain
+    JSON) give the same snapshot; a broken host line is a JSON error with its line."""
+    _, hosts = _applied(tmp_path)
+    snap = hosts.observe_all()
+    text = snapfile.dumps(snap)
+    pretty = json.dumps(json.loads(text), indent=2)
+    assert pretty.count("\n") > text.count("\n")
+    want = observed.snapshot_to_json(snap)
+    for t in (text, pretty):
+        assert observed.snapshot_to_json(snapfile.loads(t)) == want
+        lazy = snapfile.loads(t, lazy=True)
+        decoded = {n: observed.decoded(o) for n, o in lazy.hosts.items()}
+        assert observed.snapshot_to_json(dataclasses.replace(lazy, hosts=decoded)) == want
+    lines = text.split("\n")
+    lines[2] = "x" + lines[2]
+    with pytest.raises(FleetError, match=r"obs\.json: not JSON: .*line 3 column 1"):
+        snapfile.loads("\n".join(lines), "obs.json")
 
 
 def test_every_host_keeps_a_different_digest(tmp_path: Path) -> None:

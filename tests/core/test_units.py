@@ -8,6 +8,7 @@ import json
 import subprocess
 import sys
 from pathlib import Path
+from types import MappingProxyType
 from typing import Any
 
 import jsonschema
@@ -22,7 +23,17 @@ from fleet.errors import FleetError, PlanError, ProtocolError
 from providers import resources
 from providers.proxy import spec as proxy_spec
 from providers.proxy import table as proxy_table
-from reconciler.core import desired, diff, frozen, observed, planfile, rollout, schedule, specpool
+from reconciler.core import (
+    desired,
+    diff,
+    frozen,
+    observed,
+    planfile,
+    rollout,
+    schedule,
+    snapfile,
+    specpool,
+)
 from reconciler.state import sqlite
 
 SCHEMA = json.loads(
@@ -38,9 +49,9 @@ def test_snapshot_round_trip_matches_the_published_schema(tmp_path: Path) -> Non
     snap = hosts.observe_all()
     raw = observed.snapshot_to_json(snap)
     jsonschema.validate(raw, SCHEMA)
-    saved = json.loads(observed.dumps(snap))
+    saved = json.loads(snapfile.dumps(snap))
     jsonschema.validate(saved, SCHEMA)
-    again = observed.loads(observed.dumps(snap))
+    again = snapfile.loads(snapfile.dumps(snap))
     assert observed.snapshot_to_json(again) == raw
     assert not again.hosts["sea-2"].reachable and again.hosts["sea-2"].error == "timed out"
 
@@ -50,8 +61,8 @@ def test_a_saved_snapshot_stores_each_spec_value_once(tmp_path: Path) -> None:
     hosts = support.hosts_for(fleet)
     support.run(support.plan(fleet, hosts), hosts, sqlite.SqliteBackend(str(tmp_path / "s.db")))
     snap = hosts.observe_all()
-    saved = json.loads(observed.dumps(snap))
-    assert saved["format_version"] == 3
+    saved = json.loads(snapfile.dumps(snap))
+    assert saved["format_version"] == 4
     texts = [observed.canonical(v) for v in saved["spec_values"]]
     assert len(texts) == len(set(texts))
     machines = [r for o in snap.hosts.values() for r in o.resources if r.kind == "machine"]
@@ -59,10 +70,10 @@ def test_a_saved_snapshot_stores_each_spec_value_once(tmp_path: Path) -> None:
     assert len(machines) > len(images) and sorted(images) == sorted(
         v for v in saved["spec_values"] if isinstance(v, str) and v in images
     )
-    for raw in (r for h in saved["hosts"] if "body" in h for r in json.loads(h["body"])):
+    for raw in (r for body in saved["bodies"] if body for r in body):
         assert "spec" not in raw and raw["spec_ref"]
     # Each spec reads back equal, key order included; one key reads alone.
-    again = observed.loads(json.dumps(saved))
+    again = snapfile.loads(json.dumps(saved))
     for name, obs in snap.hosts.items():
         for before, after in zip(obs.resources, again.hosts[name].resources, strict=True):
             assert isinstance(after.spec, specpool.PooledSpec)
@@ -75,20 +86,20 @@ def test_a_damaged_saved_snapshot_is_one_clear_error(tmp_path: Path) -> None:
     fleet = support.load(support.fleet_dir(tmp_path))
     hosts = support.hosts_for(fleet)
     support.run(support.plan(fleet, hosts), hosts, sqlite.SqliteBackend(str(tmp_path / "s.db")))
-    saved = json.loads(observed.dumps(hosts.observe_all(), 2))  # format 2: still read
+    saved = json.loads(snapfile.dumps(hosts.observe_all(), 2))  # format 2: still read
     bad_keys = {**saved, "spec_keys": [["app", 3]]}
     with pytest.raises(FleetError, match=r"obs\.json: \$\.spec_keys"):
-        observed.loads(json.dumps(bad_keys), "obs.json")
+        snapfile.loads(json.dumps(bad_keys), "obs.json")
     for ref in ("9999", "0 99999 1", "x", "", "0 -1"):
         raw = json.loads(json.dumps(saved))
         raw["hosts"][0]["resources"][0]["spec_ref"] = ref
-        spec = observed.loads(json.dumps(raw), "obs.json").hosts[raw["hosts"][0]["host"]]
+        spec = snapfile.loads(json.dumps(raw), "obs.json").hosts[raw["hosts"][0]["host"]]
         with pytest.raises(FleetError, match=r"obs\.json: spec_ref .* save it again"):
             dict(spec.resources[0].spec)
     raw = json.loads(json.dumps(saved))
     del raw["hosts"][0]["resources"][0]["spec_ref"]
     with pytest.raises(ProtocolError, match=r"\$\.resources\[0\]\.spec_ref: missing"):
-        observed.loads(json.dumps(raw), "obs.json")
+        snapfile.loads(json.dumps(raw), "obs.json")
 
 
 def test_malformed_observe_answer_names_host_and_path() -> None:
@@ -105,7 +116,7 @@ def test_malformed_observe_answer_names_host_and_path() -> None:
     with pytest.raises(ProtocolError, match="re-bootstrap"):
         observed.host_from_json({"protocol_version": 9, "host": "ams-1"})
     with pytest.raises(FleetError, match="format_version"):
-        observed.loads('{"format_version": 7, "hosts": []}')
+        snapfile.loads('{"format_version": 7, "hosts": []}')
 
 
 _GOOD = {
@@ -467,3 +478,42 @@ def test_deepdiff_is_loaded_without_pydantic() -> None:
     )
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
     assert out.stdout.split() == ["True", "False"]
+
+
+def test_lists_of_objects_are_pooled_item_by_item() -> None:
+    """Every host's WireGuard peers are the other hosts: the file keeps each peer once."""
+    peers = [
+        {"host": f"h{i}", "public_key": f"k{i}", "allowed_ips": [f"fd00::{i}/128"]}
+        for i in range(6)
+    ]
+
+    def host(i: int) -> observed.HostObservation:
+        spec = {"interface": "wg0", "peers": peers[:i] + peers[i + 1 :]}
+        mesh = observed.Resource(
+            observed.resources.Kind.WIREGUARD, "mesh", "fleet", observed.etag(spec), spec
+        )
+        return observed.HostObservation(f"h{i}", True, 1, resources=(mesh,))
+
+    snap = observed.Snapshot(MappingProxyType({f"h{i}": host(i) for i in range(6)}))
+    text = snapfile.dumps(snap)
+    saved = json.loads(text)
+    assert len(saved["spec_lists"]) == 6
+    assert sum(v in peers for v in saved["spec_values"]) == 6  # each peer once
+    again = snapfile.loads(text, "obs.json")
+    for name, obs in snap.hosts.items():
+        spec = again.hosts[name].resources[0].spec
+        assert spec.get("peers") == obs.resources[0].spec["peers"]
+        assert observed.etag(dict(spec)) == obs.resources[0].etag
+    for ref in ("*99", "*x", "*"):
+        raw = json.loads(text)
+        raw["bodies"][0][0]["spec_ref"] = (
+            raw["bodies"][0][0]["spec_ref"].rsplit(" ", 1)[0] + f" {ref}"
+        )
+        spec = snapfile.loads(json.dumps(raw), "obs.json").hosts["h0"].resources[0].spec
+        with pytest.raises(FleetError, match=r"obs\.json: spec_ref .* save it again"):
+            spec.get("peers")
+    raw = json.loads(text)
+    raw["spec_lists"][0] = "*0 1"  # a list's items are values, never lists
+    spec = snapfile.loads(json.dumps(raw), "obs.json").hosts["h0"].resources[0].spec
+    with pytest.raises(FleetError, match=r"obs\.json: spec_ref .* save it again"):
+        dict(spec)

@@ -13,7 +13,7 @@ from typing import Any
 
 import yaml
 
-from reconciler.core import observed
+from reconciler.core import observed, snapfile
 from tests.core import support
 from tests.gitops.gitfixtures import RECONCILE, git
 
@@ -147,8 +147,8 @@ def test_observed_snapshot_holds_no_secrets(tmp_path: Path) -> None:
         out = subprocess.run([RECONCILE, *args], capture_output=True, text=True, env=env)
         assert out.returncode == 0, out.stderr
     text = (tmp_path / "observed.json").read_text()
-    # format 3 keeps each host's resources as text (body): scan them decoded too
-    snap = {"saved": json.loads(text), **observed.snapshot_to_json(observed.loads(text))}
+    # the saved file keeps resources apart from their hosts (bodies): scan them decoded too
+    snap = {"saved": json.loads(text), **observed.snapshot_to_json(snapfile.loads(text))}
     assert snap["hosts"] and any(h["resources"] for h in snap["hosts"])
     private_body = "".join(key.read_text().splitlines()[1:-1])
     public = key.with_suffix(".pub").read_text().split()[1]

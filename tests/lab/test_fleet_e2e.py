@@ -24,7 +24,7 @@ from typing import Any
 import pytest
 
 from fleet import load as fleet_load
-from reconciler.core import observed, planfile, planner
+from reconciler.core import observed, planfile, planner, snapfile
 from reconciler.core import plan as P
 from tests.lab.conftest import ROOT, Lab, lab_directory
 
@@ -81,8 +81,8 @@ class Fleet:
     def observe(self) -> dict[str, Any]:
         out = self.dir.parent / "observed.json"
         self.run("observe", "--fleet", str(self.dir), "--save", str(out))
-        # The saved file pools specs (format 3); read it back as answers with specs inline.
-        return observed.snapshot_to_json(observed.loads(out.read_text(), str(out)))
+        # The saved file pools specs (format 4); read it back as answers with specs inline.
+        return observed.snapshot_to_json(snapfile.loads(out.read_text(), str(out)))
 
     def machines(self) -> list[tuple[str, dict[str, Any]]]:
         return [
@@ -164,7 +164,7 @@ def test_the_agents_keep_the_inputs_digest_and_the_next_plan_skips_every_host(
     saved = fleet.dir.parent / "observed.json"
     fleet.run("observe", "--fleet", str(fleet.dir), "--save", str(saved))
     raw = json.loads(saved.read_text())
-    assert raw["format_version"] == 3
+    assert raw["format_version"] == 4
     assert all(h["inputs_digest"].startswith("inputs:") for h in raw["hosts"]), raw["hosts"]
     unsettled = sorted(h["host"] for h in raw["hosts"] if not h["summary"]["settled"])
     assert len(unsettled) < len(raw["hosts"])
@@ -179,10 +179,10 @@ def test_the_agents_keep_the_inputs_digest_and_the_next_plan_skips_every_host(
     with monkeypatch.context() as m:
         m.setattr(observed, "decoded", decoded)
         skipped = planner.make(
-            the_fleet, observed.loads(saved.read_text(), lazy=True), origin=P.FleetRef(None, False)
+            the_fleet, snapfile.loads(saved.read_text(), lazy=True), origin=P.FleetRef(None, False)
         )
     assert parsed == unsettled and skipped.noops
-    eager = observed.loads(saved.read_text())
+    eager = snapfile.loads(saved.read_text())
     full = planner.make(
         the_fleet,
         dataclasses.replace(

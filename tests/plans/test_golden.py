@@ -14,8 +14,8 @@ import pytest
 
 from fleet import load as fleet_load
 from fleet.errors import FleetError
-from reconciler.core import observed, planfile, planner, render
 from reconciler.core import plan as P
+from reconciler.core import planfile, planner, render, snapfile
 
 HERE = Path(__file__).resolve().parent
 CASES = sorted(p.name for p in HERE.iterdir() if (p / "case.json").exists())
@@ -31,7 +31,7 @@ def run_case(case: Path, snapshot: str | None = None) -> tuple[str, str, str]:
     try:
         fleet = fleet_load.load_dir(case / "fleet")
         text = (case / "observed.json").read_text() if snapshot is None else snapshot
-        snap = observed.loads(text, "observed.json")
+        snap = snapfile.loads(text, "observed.json", lazy=True)  # as `reconcile plan` reads it
         opts = meta.get("options", {})
         options = P.Options(
             targets=tuple(opts.get("targets", ())),
@@ -78,16 +78,18 @@ def test_plan_case(name: str) -> None:
 @pytest.mark.parametrize("name", CASES)
 def test_plan_case_from_a_saved_snapshot(name: str) -> None:
     """The case's snapshot (inline specs, format 1) saved as `observe --save` writes it
-    (format 3: pooled specs, each host's resources in a lazily read body; and the
-    previous format 2) plans exactly the same."""
+    (format 4: pooled specs, each host's resources in a lazily read body, laid out to be
+    read by position; and the previous formats 2 and 3) plans exactly the same."""
     case = HERE / name
     old = (case / "observed.json").read_text()
     assert json.loads(old)["format_version"] == 1
     try:
-        snap = observed.loads(old, "observed.json")
+        snap = snapfile.loads(old, "observed.json")
     except FleetError:
         pytest.skip("the case's snapshot itself is the error under test")
-    for version in (2, 3):
-        saved = observed.dumps(snap, version)
+    for version in (2, 3, 4):
+        saved = snapfile.dumps(snap, version)
         assert json.loads(saved)["format_version"] == version
         assert run_case(case, saved) == run_case(case)
+    # the same format-4 document laid out otherwise is read as plain JSON, to the same plan
+    assert run_case(case, json.dumps(json.loads(saved), indent=1)) == run_case(case)
