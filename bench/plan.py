@@ -158,7 +158,7 @@ def main() -> None:
         ten = changed(fleet, 0.10)
 
         def read() -> observed.Snapshot:
-            return snapfile.loads(snap_path.read_text(), "observed.json", lazy=True)
+            return snapfile.loads(snap_path.read_bytes(), "observed.json", lazy=True)
 
         def plan_of(edit: Callable[[model.Fleet], model.Fleet]) -> P.Plan:
             # What the CLI does (commands/plan.py): load, read + parse, plan.

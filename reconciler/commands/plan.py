@@ -94,10 +94,10 @@ def _make_plan(
     clients: factory.Factory | None = None
     if args.observed:
         try:
-            text = Path(args.observed).read_text()
+            data = Path(args.observed).read_bytes()
         except OSError as exc:
             raise FleetError(f"{args.observed}: {exc.strerror}") from exc
-        snap = snapfile.loads(text, args.observed, lazy=True)  # bodies read as needed
+        snap = snapfile.loads(data, args.observed, lazy=True)  # bodies read as needed
     else:
         clients = observe_commands.host_factory(args, dial_ahead=loaded.fleet.hosts.values())
         snap = observe_mod.observe_all(loaded.fleet, clients)

@@ -34,7 +34,7 @@ from typing import Any
 
 from fleet.errors import ProtocolError
 from providers import resources
-from reconciler.core import address, specpool
+from reconciler.core import address, frozen, specpool
 
 PROTOCOL_VERSION = 1  # the agent protocol (observe answer, apply request/events/result)
 OWNER_FLEET = "fleet"
@@ -147,7 +147,7 @@ class Lazy:
     """A saved host's resources, still as the JSON text of its format-3 ``body``."""
 
     summary: Summary
-    body: str  # the JSON text of the host's resources array
+    body: str | bytes  # the JSON text of the host's resources array
     pool: Callable[[], specpool.SpecPool | None] = field(compare=False)  # read on first use
 
 
@@ -543,7 +543,7 @@ def host_from_json(
 
 def saved_host(
     raw: Json,
-    body: str | None,
+    body: str | bytes | None,
     pool: Callable[[], specpool.SpecPool | None],
     *,
     lazy: bool,
@@ -554,6 +554,14 @@ def saved_host(
     ``lazy``: the body stays text (:class:`Lazy`) until :func:`decoded`;
     ``pool`` gives the snapshot's spec pool when a body is decoded.
     """
+    if lazy and body is not None and type(raw) is dict:  # the common case, at once
+        fast = _head_fast(raw)
+        summary = _summary_fast(raw.get("summary")) if fast is not None else None
+        if fast is not None and summary is not None:
+            host, generation, facts, inputs = fast
+            return _make_host(
+                host, True, generation, facts, (), "", inputs, _make_lazy(summary, body, pool)
+            )
     rd, head = _head(raw, None)
     if not head.reachable:
         return head
@@ -566,7 +574,7 @@ def _saved_body(
     rd: _Reader,
     head: HostObservation,
     raw: Json,
-    body: str,
+    body: str | bytes,
     pool: Callable[[], specpool.SpecPool | None],
     *,
     lazy: bool,
@@ -590,8 +598,9 @@ def _head(raw: Json, expect_host: str | None) -> tuple[_Reader, HostObservation]
     name = raw.get("host") if isinstance(raw, dict) else None
     rd = _Reader(expect_host or (name if isinstance(name, str) else "?"))
     fast = _head_fast(raw)
-    if fast is not None and (expect_host is None or fast.host == expect_host):
-        return rd, fast
+    if fast is not None and (expect_host is None or fast[0] == expect_host):
+        host, generation, facts, inputs = fast
+        return rd, HostObservation(host, True, generation, facts, inputs=inputs)
     version = rd.get(raw, "protocol_version", int, "$")
     if version != PROTOCOL_VERSION:
         raise rd.fail(
@@ -631,7 +640,7 @@ def _of(value: Any, typ: type, default: Any) -> Any:
 _BAD: Any = object()
 
 
-def _head_fast(raw: Json) -> HostObservation | None:
+def _head_fast(raw: Json) -> tuple[str, int, Facts, str | None] | None:
     """``_head`` of a well-formed reachable answer, with exact-type checks; None otherwise.
 
     Like :func:`_resource_fast`: anything unusual takes the slow path, which
@@ -673,7 +682,7 @@ def _head_fast(raw: Json) -> HostObservation | None:
     ):
         return None
     cpus, memory_mb, hypervisor, agent_version, private_prefix, wg_key = values
-    facts = Facts(
+    facts = _make_facts(
         cpus,
         memory_mb,
         MappingProxyType(dict(gpus)),
@@ -683,13 +692,13 @@ def _head_fast(raw: Json) -> HostObservation | None:
         tuple(kinds),
         wg_key,
     )
-    return HostObservation(host, True, generation, facts, inputs=inputs)
+    return host, generation, facts, inputs
 
 
-def _body(rd: _Reader, body: str, pool: specpool.SpecPool | None) -> tuple[Resource, ...]:
+def _body(rd: _Reader, body: str | bytes, pool: specpool.SpecPool | None) -> tuple[Resource, ...]:
     try:
         raw_resources = json.loads(body)
-    except json.JSONDecodeError as exc:
+    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
         raise rd.fail("$.body", f"not JSON: {exc}") from None
     if type(raw_resources) is not list:
         raise rd.fail("$.body", "expected an array")
@@ -754,13 +763,20 @@ def _summary_fast(raw: Json) -> Summary | None:
         if not set(map(type, prefixes)) <= _STR:
             return None
         pairs.append((app, tuple(prefixes)))
-    return Summary(
+    return _make_summary(
         settled,
         tuple(zip(machines[::2], machines[1::2], strict=True)),
         tuple(zip(others[::2], others[1::2], strict=True)),
         unmanaged,
         tuple(pairs),
     )
+
+
+# A saved snapshot's reader builds one of each per host (frozen.maker: the same objects).
+_make_host = frozen.maker(HostObservation)
+_make_facts = frozen.maker(Facts)
+_make_summary = frozen.maker(Summary)
+_make_lazy = frozen.maker(Lazy)
 
 
 def decoded(o: HostObservation) -> HostObservation:

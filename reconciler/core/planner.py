@@ -71,6 +71,7 @@ class _Index:
     # hosts that may be skipped (skip.candidate), not indexed resource by resource yet
     candidates: dict[str, observed.HostObservation] = field(default_factory=dict)
     summaries: dict[str, observed.Summary] = field(default_factory=dict)
+    wanted_ids: dict[str, list[tuple[Kind, str]]] = field(default_factory=dict)  # skipped hosts
     inputs: dict[str, str] = field(default_factory=dict)  # digests reported ("": none kept)
 
 
@@ -300,6 +301,7 @@ def _skips(
     digests = inputs.host_digests(world, keys, slots_on, idx.inputs, edges)
     skipped: dict[str, dict[str, str]] = {}
     seen = idx.seen
+    announced = _announced(fleet, parts)
     for host, obs in sorted(idx.candidates.items()):
         summary = idx.summaries[host]
         mine = slots_on.get(host, {})
@@ -311,9 +313,12 @@ def _skips(
             and len(etags) == len(summary.machines) == len(slot_ids)
             and etags.keys() == slot_ids
             and all(len(seen[s]) == 1 for s in slot_ids)
-            and _holds(summary, _wanted_ids(world, host, mine, parts, edges), supported)
+            and _holds(
+                summary, wanted := _wanted_ids(world, host, mine, announced, edges), supported
+            )
         ):
             skipped[host] = etags
+            idx.wanted_ids[host] = wanted
         else:
             _index_resources(idx, host, observed.decoded(obs), seen=False)
     return keys, digests, skipped
@@ -334,19 +339,24 @@ def _applied_wireguard(idx: _Index) -> Iterator[Mapping[str, Any]]:
             yield from (r.spec for r in idx.others[(host, kind)].values())
 
 
+def _announced(fleet: model.Fleet, parts: Mapping[str, desired.AppParts]) -> list[str]:
+    """The apps every edge routes and (unless cordoned) announces, in name order."""
+    return [a for a in sorted(fleet.apps) if parts[a].public and parts[a].announces]
+
+
 def _wanted_ids(
     world: model.DesiredWorld,
     host: str,
     apps: Mapping[str, object],
-    parts: Mapping[str, desired.AppParts],
+    announced: list[str],
     edges: frozenset[str],
 ) -> list[tuple[Kind, str]]:
-    """(kind, id) of every host-level resource ``_host_resources`` wants on ``host``, in order."""
+    """(kind, id) of every host-level resource ``_host_resources`` wants on ``host``, in
+    order; ``announced``: :func:`_announced`."""
     fleet = world.fleet
     out = [(Kind.IMAGE, ref) for ref in sorted({fleet.apps[a].image for a in apps})]
     out.append((Kind.WIREGUARD, hostnet.MESH_ID))
     if host in edges:
-        announced = [a for a in sorted(fleet.apps) if parts[a].public and parts[a].announces]
         out += [(Kind.ROUTE, a) for a in announced]
         if not fleet.hosts[host].cordoned:
             out += [(Kind.ANNOUNCEMENT, a) for a in announced]
@@ -370,18 +380,19 @@ def _host_resources(
     skipped: Mapping[str, object],
 ) -> None:
     fleet = world.fleet
-    mesh = _mesh(world, idx, acc, keys)
+    _warn_keyless(idx, acc, keys)
+    mesh: hostnet.MeshParts | None = None  # made when a host is not skipped
     routes: desired.RouteSpecs | None = None  # made when an edge is not skipped
     # Every edge host (fleet_compile.edge_hosts: all hosts unless some are marked)
     # routes every public app with anycast addresses, cordoned ones too: its
     # machines may all be elsewhere. Non-cordoned edges announce them; whether
     # they do right now is the host's health gate's call.
-    announced = [parts[a] for a in sorted(fleet.apps) if parts[a].public and parts[a].announces]
+    announced = [parts[a] for a in _announced(fleet, parts)]
     edges = fleet_compile.edge_hosts(fleet)
     for host in sorted(idx.reachable):
         supported = idx.kinds.get(host) or _LEGACY_KINDS
         if host in skipped:  # every etag matches: the full path's no-ops, from the ids
-            wanted_ids = _wanted_ids(world, host, on_host.get(host, {}), parts, edges)
+            wanted_ids = idx.wanted_ids[host]  # as _skips compared them
             _unsupported(acc, host, [k for k, _ in wanted_ids if k not in supported])
             acc.noops += [
                 P.noop(address.host_resource(host, k, i), _NOOP_TEXT[k].format(id=i))
@@ -393,6 +404,8 @@ def _host_resources(
         apps = on_host.get(host, {})
         refs = sorted({fleet.apps[a].image for a in apps})
         wanted += [desired.image(host, ref) for ref in refs]
+        if mesh is None:
+            mesh = hostnet.MeshParts(world, keys)
         wanted.append(mesh.spec(host))
         if host in edges:
             if routes is None:
@@ -427,17 +440,15 @@ def _unsupported(acc: machines.Acc, host: str, kinds: list[Kind]) -> None:
         )  # fmt: skip
 
 
-def _mesh(
-    world: model.DesiredWorld, idx: _Index, acc: machines.Acc, keys: Mapping[str, str]
-) -> hostnet.MeshParts:
-    """The fleet's mesh from the keys hosts report (or last gave their peers)."""
+def _warn_keyless(idx: _Index, acc: machines.Acc, keys: Mapping[str, str]) -> None:
+    """The mesh is made from the keys hosts report (or last gave their peers): say
+    which meshed hosts are left out of it."""
     meshed = {h for h, kinds in idx.kinds.items() if Kind.WIREGUARD.value in kinds}
     for host in sorted(meshed - set(keys)):
         acc.warnings.append(
             P.Warning(f"host.{host}", "no WireGuard public key known yet (bootstrap the host): "
                       "no other host has it as a peer")
         )  # fmt: skip
-    return hostnet.MeshParts(world, keys)
 
 
 # An agent that does not list its kinds predates the network kinds.

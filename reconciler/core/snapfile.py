@@ -37,7 +37,7 @@ READABLE_FORMATS = (1, 2, 3, 4)
 
 _DUMP = functools.partial(json.dumps, sort_keys=True, separators=(",", ":"), default=observed.plain)
 _NO_STATUS: dict[str, Json] = {"state": None, "health": "unknown", "runtime": {}}
-_BODIES = '],"bodies":['
+_BODIES = b'],"bodies":['
 
 
 def saved_json(s: observed.Snapshot, version: int = FORMAT_VERSION) -> dict[str, Json]:
@@ -91,7 +91,7 @@ def dumps(snapshot: observed.Snapshot, version: int = FORMAT_VERSION) -> str:
         [
             head[:-1] + ',"hosts":[',
             *_commas(hosts),
-            _BODIES,
+            _BODIES.decode(),
             *_commas(bodies),
             '],"spec_keys":' + _DUMP(raw["spec_keys"]) + ",",
             '"spec_lists":' + _DUMP(raw["spec_lists"]) + ",",
@@ -105,15 +105,20 @@ def _commas(lines: list[str]) -> list[str]:
     return [line + "," for line in lines[:-1]] + lines[-1:]
 
 
-def loads(text: str, source: str = "snapshot", *, lazy: bool = False) -> observed.Snapshot:
-    """Parse a saved snapshot; ``lazy``: bodies of format 3 and 4 stay text (for the planner)."""
-    fast = _lines(text, source, lazy)
+def loads(data: str | bytes, source: str = "snapshot", *, lazy: bool = False) -> observed.Snapshot:
+    """Parse a saved snapshot (its text, or better its bytes: what the plan skips is
+    then never even decoded); ``lazy``: bodies of format 3 and 4 stay unparsed (for
+    the planner)."""
+    raw_bytes = data.encode() if isinstance(data, str) else data
+    fast = _lines(raw_bytes, source, lazy)
     if fast is not None:
         return fast
     try:
-        raw = json.loads(text)
+        raw = json.loads(data)
     except json.JSONDecodeError as exc:
         raise FleetError(f"{source}: not JSON: {exc}") from exc
+    except UnicodeDecodeError as exc:
+        raise FleetError(f"{source}: not UTF-8 text: {exc}") from exc
     return from_json(raw, source, lazy=lazy)
 
 
@@ -146,39 +151,38 @@ def from_json(raw: Json, source: str = "snapshot", *, lazy: bool = False) -> obs
     )
 
 
-def _lines(text: str, source: str, lazy: bool) -> observed.Snapshot | None:
+def _lines(data: bytes, source: str, lazy: bool) -> observed.Snapshot | None:
     """A format-4 file in the layout :func:`dumps` writes, read by position; None if
-    the text is laid out otherwise (or is not what it seems: :func:`loads` then parses
-    it as JSON, which names any error's line and column)."""
-    if not text.startswith('{"format_version":4,'):
+    it is laid out otherwise (or is not what it seems: :func:`loads` then parses it
+    as JSON, which names any error's line and column)."""
+    if not data.startswith(b'{"format_version":4,'):
         return None
-    lines = text.split("\n")
+    lines = data.split(b"\n")
     n, odd = divmod(len(lines) - 6, 2)
-    keys, lists, values = lines[2 * n + 2 : 2 * n + 5] if n >= 0 else ("", "", "")
+    keys, lists, values = lines[2 * n + 2 : 2 * n + 5] if n >= 0 else (b"", b"", b"")
     if (
         odd
         or n < 0
-        or not lines[0].endswith('"hosts":[')
+        or not lines[0].endswith(b'"hosts":[')
         or lines[n + 1] != _BODIES
-        or not (keys.startswith('],"spec_keys":') and keys.endswith(","))
-        or not (lists.startswith('"spec_lists":') and lists.endswith(","))
-        or not values.startswith('"spec_values":')
-        or lines[-1] != ""
+        or not (keys.startswith(b'],"spec_keys":') and keys.endswith(b","))
+        or not (lists.startswith(b'"spec_lists":') and lists.endswith(b","))
+        or not values.startswith(b'"spec_values":')
+        or lines[-1] != b""
     ):
         return None
     try:
-        head = json.loads(lines[0] + "]}")
+        head = json.loads(lines[0] + b"]}")
         hosts_raw = [json.loads(_strip(line)) for line in lines[1 : n + 1]]
-    except json.JSONDecodeError:
+    except (json.JSONDecodeError, UnicodeDecodeError):
         return None
     bodies = [_strip(line) for line in lines[n + 2 : 2 * n + 2]]
-    pool_text = "{" + keys[2:] + lists + values
 
     @functools.cache
     def pool() -> specpool.SpecPool:
         try:
-            raw = json.loads(pool_text)
-        except json.JSONDecodeError as exc:
+            raw = json.loads(b"{" + keys[2:] + lists + values)
+        except (json.JSONDecodeError, UnicodeDecodeError) as exc:
             raise FleetError(
                 f"{source}: spec pool (lines {2 * n + 3}-{2 * n + 5}): not JSON: {exc}"
             ) from exc
@@ -188,14 +192,14 @@ def _lines(text: str, source: str, lazy: bool) -> observed.Snapshot | None:
         head,
         source,
         [
-            observed.saved_host(a, None if b == "null" else b, pool, lazy=lazy)
+            observed.saved_host(a, None if b == b"null" else b, pool, lazy=lazy)
             for a, b in zip(hosts_raw, bodies, strict=True)
         ],
     )
 
 
-def _strip(line: str) -> str:
-    return line[:-1] if line.endswith(",") else line
+def _strip(line: bytes) -> bytes:
+    return line[:-1] if line.endswith(b",") else line
 
 
 def _snapshot(raw: Json, source: str, hosts: list[observed.HostObservation]) -> observed.Snapshot:
