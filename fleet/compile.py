@@ -49,10 +49,13 @@ def host_prefixes(
     result: dict[str, ipaddress.IPv6Network] = {}
     taken: set[int] = {RESERVED_HOST_INDEX}
 
+    base_int, outside = int(base.network_address), 128 - base.prefixlen
+
     def index_of(prefix: ipaddress.IPv6Network) -> int | None:
-        if prefix.prefixlen != HOST_SUBNET_BITS or not prefix.subnet_of(base):
+        at = int(prefix.network_address)  # subnet_of(base), without its generic checks
+        if prefix.prefixlen != HOST_SUBNET_BITS or at >> outside != base_int >> outside:
             return None
-        return (int(prefix.network_address) - int(base.network_address)) // step
+        return (at - base_int) // step
 
     ordered = sorted(fleet.hosts.values(), key=lambda h: h.name)
     for host in ordered:
