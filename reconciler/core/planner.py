@@ -72,7 +72,7 @@ class _Index:
     # hosts that may be skipped (skip.candidate), not indexed resource by resource yet
     candidates: dict[str, observed.HostObservation] = field(default_factory=dict)
     summaries: dict[str, observed.Summary] = field(default_factory=dict)
-    wanted_ids: dict[str, list[tuple[Kind, str]]] = field(default_factory=dict)  # skipped hosts
+    wanted_ids: dict[str, list[tuple[str, str]]] = field(default_factory=dict)  # skipped hosts
     inputs: dict[str, str] = field(default_factory=dict)  # digests reported ("": none kept)
 
 
@@ -341,14 +341,12 @@ def _skips(
 
 
 def _holds(
-    summary: observed.Summary, wanted: list[tuple[Kind, str]], supported: frozenset[str]
+    summary: observed.Summary, wanted: list[tuple[str, str]], supported: frozenset[str]
 ) -> bool:
     """Whether the host holds exactly the wanted host-level resources (ids; etags by digest)."""
     ids = wanted
     if not supported >= _EVERY_KIND:
-        ids = [
-            (k, i) for k, i in wanted if k in supported
-        ]  # a StrEnum equals and hashes as its text
+        ids = [(k, i) for k, i in wanted if k in supported]
     return len(ids) == len(summary.others) and set(ids) == set(summary.others)
 
 
@@ -370,22 +368,24 @@ def _wanted_ids(
     apps: Mapping[str, object],
     announced: list[str],
     edges: frozenset[str],
-) -> list[tuple[Kind, str]]:
-    """(kind, id) of every host-level resource ``_host_resources`` wants on ``host``, in
-    order; ``announced``: :func:`_announced`."""
+) -> list[tuple[str, str]]:
+    """(kind, id) of every host-level resource ``_host_resources`` wants on ``host``, the
+    kind as text (a StrEnum hashes by a Python call), in address order (the no-ops made
+    from them come nearly sorted); ``announced``: :func:`_announced`."""
     fleet = world.fleet
-    out = [(Kind.IMAGE, ref) for ref in sorted({fleet.apps[a].image for a in apps})]
-    out.append((Kind.WIREGUARD, hostnet.MESH_ID))
-    if host in edges:
-        out += [(Kind.ROUTE, a) for a in announced]
-        if not fleet.hosts[host].cordoned:
-            out += [(Kind.ANNOUNCEMENT, a) for a in announced]
-        if hostnet.bird(world, host) is not None:
-            out.append((Kind.BGP, hostnet.BIRD_ID))
+    out: list[tuple[str, str]] = []
+    edge = host in edges
+    if edge and not fleet.hosts[host].cordoned:
+        out += [("announcement", a) for a in announced]
+    if edge and hostnet.bird(world, host) is not None:
+        out.append(("bgp", hostnet.BIRD_ID))
+    out += [("image", ref) for ref in sorted({fleet.apps[a].image for a in apps})]
+    if edge:
+        out += [("route", a) for a in announced]
+    out.append(("wireguard", hostnet.MESH_ID))
     return out
 
 
-# ------------------------------------------------------------------ images, routes, announcements
 # ------------------------------------------------------------------ images, routes, announcements
 
 
@@ -413,11 +413,15 @@ def _host_resources(
         supported = idx.kinds.get(host) or _LEGACY_KINDS
         if host in skipped:  # every etag matches: the full path's no-ops, from the ids
             wanted_ids = idx.wanted_ids[host]  # as _skips compared them
-            _unsupported(acc, host, [k for k, _ in wanted_ids if k not in supported])
+            if not supported >= _EVERY_KIND:
+                _unsupported(acc, host, [Kind(k) for k, _ in wanted_ids if k not in supported])
+                wanted_ids = [(k, i) for k, i in wanted_ids if k in supported]
+            at = f"host.{host}/"
             acc.noops += [
-                P.noop(address.host_resource(host, k, i), _NOOP_TEXT[k].format(id=i))
+                P.noop(f"{at}{k}[{i}]", _NOOP_PARTS[k][0] + i + _NOOP_PARTS[k][1])
+                if k in _ID_NOOPS
+                else P.noop(f"{at}{k}[{i}]", _NOOP_FIXED[k])
                 for k, i in wanted_ids
-                if k in supported
             ]
             continue
         wanted: list[desired.Desired] = []
@@ -482,6 +486,12 @@ _NOOP_TEXT = {
     Kind.WIREGUARD: "mesh interface and peers up to date",
     Kind.BGP: "BIRD config up to date",
 }
+# _NOOP_TEXT by kind text, "{id}" split out: (before, after) for the kinds that name it
+_NOOP_PARTS = {
+    k.value: tuple(text.split("{id}")) for k, text in _NOOP_TEXT.items() if "{id}" in text
+}
+_ID_NOOPS = frozenset(_NOOP_PARTS)
+_NOOP_FIXED = {k.value: text for k, text in _NOOP_TEXT.items() if "{id}" not in text}
 _DESTROY_TEXT = {
     Kind.IMAGE: "no machine on the host uses it",
     Kind.ROUTE: "app {app} is no longer served at the edge",
