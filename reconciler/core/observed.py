@@ -147,7 +147,7 @@ class Lazy:
     """A saved host's resources, still as the JSON text of its format-3 ``body``."""
 
     summary: Summary
-    body: str | bytes  # the JSON text of the host's resources array
+    body: str | bytes | memoryview  # the JSON text of the host's resources array
     pool: Callable[[], specpool.SpecPool | None] = field(compare=False)  # read on first use
 
 
@@ -543,7 +543,7 @@ def host_from_json(
 
 def saved_host(
     raw: Json,
-    body: str | bytes | None,
+    body: str | bytes | memoryview | None,
     pool: Callable[[], specpool.SpecPool | None],
     *,
     lazy: bool,
@@ -574,7 +574,7 @@ def _saved_body(
     rd: _Reader,
     head: HostObservation,
     raw: Json,
-    body: str | bytes,
+    body: str | bytes | memoryview,
     pool: Callable[[], specpool.SpecPool | None],
     *,
     lazy: bool,
@@ -695,9 +695,11 @@ def _head_fast(raw: Json) -> tuple[str, int, Facts, str | None] | None:
     return host, generation, facts, inputs
 
 
-def _body(rd: _Reader, body: str | bytes, pool: specpool.SpecPool | None) -> tuple[Resource, ...]:
+def _body(
+    rd: _Reader, body: str | bytes | memoryview, pool: specpool.SpecPool | None
+) -> tuple[Resource, ...]:
     try:
-        raw_resources = json.loads(body)
+        raw_resources = json.loads(body.tobytes() if isinstance(body, memoryview) else body)
     except (json.JSONDecodeError, UnicodeDecodeError) as exc:
         raise rd.fail("$.body", f"not JSON: {exc}") from None
     if type(raw_resources) is not list:

@@ -154,37 +154,55 @@ def from_json(raw: Json, source: str = "snapshot", *, lazy: bool = False) -> obs
 def _lines(data: bytes, source: str, lazy: bool) -> observed.Snapshot | None:
     """A format-4 file in the layout :func:`dumps` writes, read by position; None if
     it is laid out otherwise (or is not what it seems: :func:`loads` then parses it
-    as JSON, which names any error's line and column)."""
+    as JSON, which names any error's line and column).
+
+    Only the host entries are copied out of ``data``; each body stays a view into it
+    (copied when decoded), and the pool's three lines are parsed as one JSON object
+    when a spec is first read (the line breaks between them are JSON whitespace).
+    """
     if not data.startswith(b'{"format_version":4,'):
         return None
-    lines = data.split(b"\n")
-    n, odd = divmod(len(lines) - 6, 2)
-    keys, lists, values = lines[2 * n + 2 : 2 * n + 5] if n >= 0 else (b"", b"", b"")
-    if (
-        odd
-        or n < 0
-        or not lines[0].endswith(b'"hosts":[')
-        or lines[n + 1] != _BODIES
-        or not (keys.startswith(b'],"spec_keys":') and keys.endswith(b","))
-        or not (lists.startswith(b'"spec_lists":') and lists.endswith(b","))
-        or not values.startswith(b'"spec_values":')
-        or lines[-1] != b""
+    ends = []  # where each line ends (its "\n", or the end of the data)
+    find, at = data.find, data.find(b"\n")
+    while at >= 0:
+        ends.append(at)
+        at = find(b"\n", at + 1)
+    ends.append(len(data))
+    starts = [0, *(e + 1 for e in ends[:-1])]
+    n, odd = divmod(len(ends) - 6, 2)
+    if odd or n < 0:
+        return None
+    keys, lists, values = 2 * n + 2, 2 * n + 3, 2 * n + 4
+
+    def line(i: int, begins: bytes, ends_with: bytes = b"") -> bool:
+        return data.startswith(begins, starts[i], ends[i]) and data.endswith(
+            ends_with, starts[i], ends[i]
+        )
+
+    if not (
+        line(0, b'{"format_version":4,', b'"hosts":[')
+        and data[starts[n + 1] : ends[n + 1]] == _BODIES
+        and line(keys, b'],"spec_keys":', b",")
+        and line(lists, b'"spec_lists":', b",")
+        and line(values, b'"spec_values":', b"}")
+        and starts[-1] == ends[-1]  # the file ends with a line break
     ):
         return None
     try:
-        head = json.loads(lines[0] + b"]}")
-        hosts_raw = [json.loads(_strip(line)) for line in lines[1 : n + 1]]
+        head = json.loads(data[: ends[0]] + b"]}")
+        hosts_raw = [json.loads(data[starts[i] : _end(data, ends[i])]) for i in range(1, n + 1)]
     except (json.JSONDecodeError, UnicodeDecodeError):
         return None
-    bodies = [_strip(line) for line in lines[n + 2 : 2 * n + 2]]
+    view = memoryview(data)
+    bodies = [view[starts[i] : _end(data, ends[i])] for i in range(n + 2, 2 * n + 2)]
 
     @functools.cache
     def pool() -> specpool.SpecPool:
         try:
-            raw = json.loads(b"{" + keys[2:] + lists + values)
+            raw = json.loads(b"{" + data[starts[keys] + 2 : ends[values]])
         except (json.JSONDecodeError, UnicodeDecodeError) as exc:
             raise FleetError(
-                f"{source}: spec pool (lines {2 * n + 3}-{2 * n + 5}): not JSON: {exc}"
+                f"{source}: spec pool (lines {keys + 1}-{values + 1}): not JSON: {exc}"
             ) from exc
         return specpool.read(raw, source)
 
@@ -192,14 +210,18 @@ def _lines(data: bytes, source: str, lazy: bool) -> observed.Snapshot | None:
         head,
         source,
         [
-            observed.saved_host(a, None if b == b"null" else b, pool, lazy=lazy)
+            observed.saved_host(a, None if len(b) == 4 and b == _NULL else b, pool, lazy=lazy)
             for a, b in zip(hosts_raw, bodies, strict=True)
         ],
     )
 
 
-def _strip(line: bytes) -> bytes:
-    return line[:-1] if line.endswith(b",") else line
+_NULL = memoryview(b"null")
+
+
+def _end(data: bytes, end: int) -> int:
+    """A line's end without its separating comma."""
+    return end - 1 if data[end - 1 : end] == b"," else end
 
 
 def _snapshot(raw: Json, source: str, hosts: list[observed.HostObservation]) -> observed.Snapshot:
