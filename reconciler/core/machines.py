@@ -77,15 +77,16 @@ def plan_machines(
         on_host[host][app_name].append(slot_key)
         if app_name != last_app:  # slots come ordered by app: its lookups once per app
             last_app, app, app_parts = app_name, fleet.apps[app_name], parts[app_name]
-        host_bits = bits.get(host)
-        if host_bits is None:
-            host_bits = bits[host] = desired.host_bits(prefixes[host])
+            running = f"already running image {app.image} on "
         held = skipped.get(host)
         if held is not None:
             acc.unaddressed.append(len(placed))
             placed.append((host, slot, ""))
-            acc.noops.append(_running(addr, app, host, held[slot_id]))
+            acc.noops.append(P.noop(addr, f"{running}{host} ({held[slot_id]})"))  # _running()
             continue
+        host_bits = bits.get(host)
+        if host_bits is None:
+            host_bits = bits[host] = desired.host_bits(prefixes[host])
         address_text, tag = app_parts.machine_etag(slot.region, host_bits, slot_id, slot_key)
         placed.append((host, slot, address_text))
         found = observed_machines.get(slot_id, no_found)
