@@ -132,7 +132,7 @@ class Summary:
     """What a plan needs of a host it may skip wholesale (:mod:`reconciler.core.skip`).
 
     Made from the host's resources (:func:`summarize`) when a snapshot is saved
-    (format 3) and read back without the resources themselves.
+    (formats 3 and 4) and read back without the resources themselves.
     """
 
     settled: bool  # every managed resource would plan as a plain no-op if its etag matches
@@ -144,7 +144,7 @@ class Summary:
 
 @dataclass(frozen=True, slots=True)
 class Lazy:
-    """A saved host's resources, still as the JSON text of its format-3 ``body``."""
+    """A saved host's resources, still as the JSON text of its saved body (formats 3, 4)."""
 
     summary: Summary
     body: str | bytes | memoryview  # the JSON text of the host's resources array
@@ -157,8 +157,8 @@ class HostObservation:
 
     ``inputs``: the inputs digest the reconciler last recorded on the host
     (:mod:`reconciler.core.inputs`); None when the agent does not keep one,
-    "" when it keeps none now. ``lazy``: set only by ``loads(..., lazy=True)``
-    of a format-3 file, ``resources`` then empty until :func:`decoded`.
+    "" when it keeps none now. ``lazy``: set only by ``snapfile.loads(..., lazy=True)``
+    of a format-3 or 4 file, ``resources`` then empty until :func:`decoded`.
     """
 
     host: str
