@@ -115,7 +115,10 @@ def _drain_route(
     steps: list[P.Step] = []
     expect = r.etag
     told: list[str] = []
+    held = _servers(r.spec)
     for number, names in plan:
+        if held.isdisjoint(names):
+            continue  # this route holds none of the batch's servers (the common case)
         spec = proxy_spec.with_draining(r.spec, names)
         if spec == r.spec:
             continue  # this route holds none of the batch's servers
@@ -163,6 +166,14 @@ def _drain_route(
     work.change = dataclasses.replace(work.change, reason=f"{work.change.reason}; {why}")
     work.steps = [*steps, *(dataclasses.replace(s, expect=expect) for s in work.steps)]
     return True
+
+
+def _servers(spec: Mapping[str, object]) -> set[str]:
+    """Every server name any route of the spec holds."""
+    routes = spec.get("routes")
+    if not isinstance(routes, Mapping):
+        return set()
+    return {name for route in routes.values() for name in (route.get("servers") or {})}
 
 
 def _held(spec: Mapping[str, object], server: str) -> bool:
