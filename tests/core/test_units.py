@@ -29,6 +29,7 @@ from reconciler.core import (
     frozen,
     observed,
     planfile,
+    planner,
     rollout,
     schedule,
     snapfile,
@@ -517,3 +518,22 @@ def test_lists_of_objects_are_pooled_item_by_item() -> None:
     spec = snapfile.loads(json.dumps(raw), "obs.json").hosts["h0"].resources[0].spec
     with pytest.raises(FleetError, match=r"obs\.json: spec_ref .* save it again"):
         dict(spec)
+
+
+@pytest.mark.parametrize(
+    "text",
+    ["198.51.100.10/32", "2001:db8:100::a/128", "1.2.3.4/33", "1.2.3.4/255.255.255.0",
+     "01.2.3.4/32", "1.2.3.4", "::1/129", "fd00::1%e/64", "1.2.3.4/08", "::ffff:1.2.3.4/128",
+     "fd00::/64", "fd00::1/64", "FD00:0:0:1::/064", "fd00::/ 64", "x/64", "fd00::/-1"],
+)  # fmt: skip
+def test_the_planners_address_parsers_agree_with_ipaddress(text: str) -> None:
+    """The planner parses reported prefixes with inet_pton: same results, same refusals."""
+
+    def outcome(parse: Any) -> str:
+        try:
+            return repr(parse(text))
+        except ValueError:
+            return "ValueError"
+
+    assert outcome(planner._interface_address) == outcome(lambda t: ipaddress.ip_interface(t).ip)
+    assert outcome(planner._v6_network) == outcome(ipaddress.IPv6Network)
