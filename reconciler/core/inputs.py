@@ -134,20 +134,21 @@ def host_digests(
     """
     common = fleet_wide(world, keys)
     apps = app_digests(world.fleet)
-    slots = {h: {a: sorted(ks) for a, ks in by_app.items()} for h, by_app in on_host.items()}
+    line = {a: f"{a} {d} " for a, d in apps.items()}  # then the app's slot keys
+    hosts = list(hosts)
     every_app = ""
-    if edges:
+    if any(h in edges for h in hosts):
         placement: dict[str, list[str]] = {name: [] for name in apps}
-        for host, by_app in sorted(slots.items()):
+        for host, by_app in on_host.items():  # any order: each app's list is sorted
             for app, keys_ in by_app.items():
                 placement[app] += [f"{k}@{host}" for k in keys_]
         every_app = _digest(
-            "\n".join(f"{a} {apps[a]} {','.join(sorted(placement[a]))}" for a in sorted(apps))
+            "\n".join(line[a] + ",".join(sorted(placement[a])) for a in sorted(apps))
         )
     out = {}
     for host in hosts:
-        mine = slots.get(host, {})
+        mine = on_host.get(host, {})
         lines = [common, host, every_app if host in edges else "-"]
-        lines += [f"{a} {apps[a]} {','.join(mine[a])}" for a in sorted(mine)]
+        lines += [line[a] + ",".join(sorted(mine[a])) for a in sorted(mine)]
         out[host] = "inputs:" + _digest("\n".join(lines))[:32]
     return out
