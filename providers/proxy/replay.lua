@@ -3,10 +3,13 @@
 -- Why Lua: HAProxy configuration alone cannot act on a response header by
 -- re-sending the request elsewhere. This action runs only when a response
 -- carries `fly-replay` (the backend's `http-response` rule checks the header
--- natively); the request's path, headers and body were kept with native
--- `set-var` (two variables, a third only when there is a body), so requests
--- that are not replayed cost no Lua at all. The method needs no variable:
--- HAProxy keeps it with the transaction for the five methods we replay.
+-- natively); the request's headers and body were kept with native `set-var`
+-- (one variable, a second only when there is a body), so requests that are
+-- not replayed cost no Lua at all. The path and query need no variable: a
+-- frontend that replays logs, so HAProxy keeps each request line
+-- (`capture.req.uri`, scheme and authority of an absolute URI left out, never
+-- cut: `tune.http.logurilen` is the buffer size). Nor does the method: HAProxy
+-- keeps it with the transaction for the five methods we replay.
 --
 -- Targets come from the replay map (`BE/any`, `BE/region/R`, `BE/instance/N`,
 -- values `name|addr|port,...`), kept in step with the routing table through
@@ -144,7 +147,10 @@ core.register_action("fly_replay", { "http-res" }, function(txn)
     .. ";t=" .. string.format("%d%06d", now.sec, now.usec)
   if want["state"] then src = src .. ";state=" .. want["state"] end
   headers["fly-replay-src"] = { src }
-  local path = txn:get_var("txn.rq_path") or "/"
+  if txn.f:capture_req_method() == nil then
+    return fail(txn, "request line not kept (the frontend does not log)")
+  end
+  local path = txn.f:capture_req_uri() or "/" -- nil: an absolute URI without a path
   local last = "unreachable"
   for _, target in ipairs(list) do
     local client = core.httpclient()
