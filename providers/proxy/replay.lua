@@ -3,7 +3,7 @@
 -- Why Lua: HAProxy configuration alone cannot act on a response header by
 -- re-sending the request elsewhere. This action runs only when a response
 -- carries `fly-replay` (the backend's `http-response` rule checks the header
--- natively); the request's headers and body were kept with native `set-var`
+-- natively); the request's headers (binary) and body were kept with native `set-var`
 -- (one variable, a second only when there is a body), so requests that are
 -- not replayed cost no Lua at all. The path and query need no variable: a
 -- frontend that replays logs, so HAProxy keeps each request line
@@ -38,27 +38,46 @@ local function directives(value)
   return out
 end
 
-local function request_headers(raw)
-  local out = {}
-  for line in string.gmatch(raw or "", "[^\r\n]+") do
-    local k, v = string.match(line, "^([^:%s]+):%s*(.-)%s*$")
-    if k then
-      k = string.lower(k)
-      if not hop_by_hop[k] then
-        out[k] = out[k] or {}
-        table.insert(out[k], v)
-      end
-    end
-  end
-  return out
+-- SPOE variable-length integer at `pos` of `s` (the encoding of req.hdrs_bin): value, next pos
+local function varint(s, pos)
+  local i = string.byte(s, pos)
+  pos = pos + 1
+  if i < 240 then return i, pos end
+  local shift = 4
+  repeat
+    local b = string.byte(s, pos)
+    pos = pos + 1
+    i = i + (b << shift)
+    shift = shift + 7
+  until b < 128
+  return i, pos
 end
 
-local function declared_length(raw)
-  for line in string.gmatch(raw or "", "[^\r\n]+") do
-    local k, v = string.match(line, "^([^:%s]+):%s*(%d+)%s*$")
-    if k and string.lower(k) == "content-length" then return tonumber(v) end
+-- The request's headers from req.hdrs_bin (length-prefixed name and value
+-- pairs, an empty pair last; cheaper for HAProxy to produce than req.hdrs
+-- text: ~0.4k instructions less per request with a browser's dozen
+-- headers): those a replay re-sends, the declared Content-Length, and the
+-- size of the headers as text (what they took in the buffer, near enough).
+local function request_headers(raw)
+  local out, declared, size = {}, nil, 2
+  local pos = 1
+  while pos <= #raw do
+    local nlen, vlen
+    nlen, pos = varint(raw, pos)
+    local name = string.lower(string.sub(raw, pos, pos + nlen - 1))
+    pos = pos + nlen
+    vlen, pos = varint(raw, pos)
+    local value = string.sub(raw, pos, pos + vlen - 1)
+    pos = pos + vlen
+    if nlen == 0 then break end
+    size = size + nlen + vlen + 4
+    if name == "content-length" then declared = tonumber(value) end
+    if not hop_by_hop[name] then
+      out[name] = out[name] or {}
+      table.insert(out[name], value)
+    end
   end
-  return nil
+  return out, declared, size
 end
 
 local function split_targets(value, skip)
@@ -130,16 +149,14 @@ core.register_action("fly_replay", { "http-res" }, function(txn)
   if call == nil then
     return fail(txn, "method " .. method .. " cannot be replayed")
   end
-  local hdrs = txn:get_var("txn.rq_hdrs") or ""
-  local headers = request_headers(hdrs)
+  local headers, declared, head_size = request_headers(txn:get_var("txn.rq_hdrs") or "")
   local body = txn:get_var("txn.rq_body")
   local blen = body and #body or 0
-  local declared = declared_length(hdrs)
   -- without Content-Length (chunked) a body cut by the buffer looks whole: a body
   -- that nearly fills the buffer is refused rather than replayed maybe truncated
   local chunked = declared == nil and blen > 0
   if blen > cap or (declared or 0) > cap or blen < (declared or 0)
-    or (chunked and #hdrs + blen + 1024 >= room) then
+    or (chunked and head_size + blen + 1024 >= room) then
     return refuse(txn, 413, "request body over the replay limit of " .. cap .. " bytes")
   end
   local now = core.now()

@@ -82,7 +82,7 @@ def test_replay_keeps_one_variable_a_body_only_when_there_is_one(tmp_path: Path)
     config, _ = render(table(route("a", 8080, (server("sea.1", 9001),))), tmp_path)
     rules = [ln for ln in section(config, "backend be_a_0") if ln.startswith("http-")]
     assert rules == [
-        "http-request set-var(txn.rq_hdrs) req.hdrs",
+        "http-request set-var(txn.rq_hdrs) req.hdrs_bin",
         "http-request set-var(txn.rq_body) req.body if { req.body_size gt 0 }",
         "http-response lua.fly_replay if { res.hdr(fly-replay) -m found }",
     ]

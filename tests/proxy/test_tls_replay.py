@@ -98,15 +98,18 @@ def test_replay_state_is_passed_on(replay_edge: int) -> None:
     assert headers["x-replay-src"].endswith(";state=abc")
 
 
-@pytest.mark.parametrize("absolute", [False, True])
-def test_replay_keeps_path_query_and_headers(replay_edge: int, absolute: bool) -> None:
+# header values whose lengths take 1, 2 and 3 bytes in req.hdrs_bin's encoding
+@pytest.mark.parametrize(
+    ("absolute", "value"), [(False, "t1"), (True, "v" * 300), (False, "w" * 3000)]
+)
+def test_replay_keeps_path_query_and_headers(replay_edge: int, absolute: bool, value: str) -> None:
     # longer than HAProxy's default 1 KiB kept request line: must not be cut
     target = "/replay?h=region%3Dams&pad=" + "p" * 3000 + "&x=%20y"
     sent = f"http://app.fleet.test:{replay_edge}{target}" if absolute else target
-    status, headers, _ = get(replay_edge, sent, headers={"x-test": "t1"})
+    status, headers, _ = get(replay_edge, sent, headers={"x-test": value})
     assert (status, headers["x-server"]) == (200, "ams.1")
     assert headers["x-target"] == target  # absolute form: scheme and authority left out
-    assert headers["x-test"] == "t1"
+    assert headers["x-test"] == value
 
 
 def test_h2_streams_of_one_connection_replay_their_own_request(
