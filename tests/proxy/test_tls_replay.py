@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 import http.client
 import shutil
@@ -13,7 +14,7 @@ from pathlib import Path
 
 import pytest
 
-from providers.proxy import certs, proxy
+from providers.proxy import certs, proxy, runtime
 from providers.proxy import table as t
 from tests.proxy.conftest import Backends, free_port, get, server, table
 
@@ -227,3 +228,22 @@ def test_an_app_with_replay_off_gets_its_answer_untouched(
     assert "fly-replay-failed" not in headers
     big = b"z" * (200 * 1024)  # nothing is held for a replay: any body passes
     assert get(port, "/echo", method="POST", body=big)[2].split()[2] == str(len(big)).encode()
+
+
+def test_a_replaying_frontend_logs_only_errors_and_only_in_memory(
+    edge: proxy.EdgeProxy, backends: Backends
+) -> None:
+    # the log is there so that HAProxy keeps each request line for replay.lua;
+    # normal traffic leaves no line, an error leaves one in the ring
+    up, down = free_port(), free_port()
+    ok = t.Route("ok", 0, t.Mode.HTTP, (t.Listener("127.0.0.1", up, False, True),), ())
+    ok = dataclasses.replace(ok, servers=(server("sea.1", backends.start("sea.1")),))
+    dead = t.Route("dead", 0, t.Mode.HTTP, (t.Listener("127.0.0.1", down, False, True),), ())
+    dead = dataclasses.replace(dead, servers=(server("sea.1", free_port()),))  # nothing listens
+    edge.start(table(ok, dead))
+    assert get(up, "/fine")[0] == 200
+    assert get(down, "/broken")[0] == 503
+    with runtime.AdminSession(edge.options.admin_socket) as admin:
+        events = admin.execute("show events fleet-errors")
+    assert '"GET /broken HTTP/1.1"' in events and " 503 " in events
+    assert "/fine" not in events
