@@ -115,9 +115,13 @@ def measure(port: int, master: int | None, seconds: int, connections: int) -> Ru
     return Run(rps, p99, errors, cpu)
 
 
-def start_wrk(port: int, seconds: float, connections: int) -> subprocess.Popen[str]:
+def start_wrk(
+    port: int, seconds: float, connections: int, headers: tuple[str, ...] = ()
+) -> subprocess.Popen[str]:
     argv = ["wrk", "-t1", f"-c{connections}", f"-d{seconds:g}s", "--latency"]
-    argv += ["-H", "Host: web.fleet.test", f"http://127.0.0.1:{port}/"]
+    argv += ["-H", "Host: web.fleet.test"]
+    argv += [arg for h in headers for arg in ("-H", h)]
+    argv.append(f"http://127.0.0.1:{port}/")
     return subprocess.Popen(
         pinned(1, argv), stdout=subprocess.PIPE, text=True, start_new_session=True
     )

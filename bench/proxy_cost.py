@@ -43,7 +43,26 @@ def wait_listening(port: int, timeout_s: float = 300.0) -> None:
     raise TimeoutError(f"nothing listens on 127.0.0.1:{port} after {timeout_s}s")
 
 
-def instructions_per_request(config: Path, port: int, seconds: int, work: Path) -> float:
+# what a browser sends besides Host (~560 bytes): the replay bookkeeping copies the
+# request's headers, so its cost grows with them (--browser-headers)
+BROWSER_HEADERS = (
+    "User-Agent: Mozilla/5.0 (X11; Linux x86_64; rv:120.0) Gecko/20100101 Firefox/120.0",
+    "Accept: text/html,application/xhtml+xml,application/xml;q=0.9,image/avif,image/webp,*/*;q=0.8",
+    "Accept-Language: en-US,en;q=0.5",
+    "Accept-Encoding: gzip, deflate, br",
+    "Cookie: session=0123456789abcdef0123456789abcdef; theme=dark; _ga=GA1.2.123456789.1700000000",
+    "Upgrade-Insecure-Requests: 1",
+    "Sec-Fetch-Dest: document",
+    "Sec-Fetch-Mode: navigate",
+    "Sec-Fetch-Site: none",
+    "Sec-Fetch-User: ?1",
+    "DNT: 1",
+)
+
+
+def instructions_per_request(
+    config: Path, port: int, seconds: int, work: Path, headers: tuple[str, ...] = ()
+) -> float:
     out = work / f"{config.stem}.callgrind"
     argv = ["valgrind", "--tool=callgrind", f"--callgrind-out-file={out}"]
     proc = subprocess.Popen(
@@ -53,9 +72,9 @@ def instructions_per_request(config: Path, port: int, seconds: int, work: Path) 
     )
     try:
         wait_listening(port)
-        bench.wrk_result(bench.start_wrk(port, 2, 1), 2)  # warm-up
+        bench.wrk_result(bench.start_wrk(port, 2, 1, headers), 2)  # warm-up
         subprocess.run(["callgrind_control", "-z", str(proc.pid)], check=True, capture_output=True)
-        requests = bench.wrk_result(bench.start_wrk(port, seconds, 1), seconds)[3]
+        requests = bench.wrk_result(bench.start_wrk(port, seconds, 1, headers), seconds)[3]
         subprocess.run(["callgrind_control", "-d", str(proc.pid)], check=True, capture_output=True)
     finally:
         proc.terminate()
@@ -75,6 +94,9 @@ def main() -> None:
     )
     p.add_argument("--no-replay", action="store_true", help="every app with fly_replay: false")
     p.add_argument("--single-region", action="store_true", help="no remote machines: no spill rule")
+    p.add_argument(
+        "--browser-headers", action="store_true", help="requests with a browser's dozen headers"
+    )
     args = p.parse_args()
     if not shutil.which("valgrind") or not shutil.which("callgrind_control"):
         raise SystemExit("bench.proxy_cost: needs valgrind (apt-get install valgrind)")
@@ -101,11 +123,18 @@ def main() -> None:
         files = haproxy.render(table, options)
         files[options.config_path] = bench.quiet_checks(files[options.config_path])
         haproxy.write(files)
+        headers = BROWSER_HEADERS if args.browser_headers else ()
         counts = {
-            "minimal": instructions_per_request(work / "minimal.cfg", minimal, args.seconds, work),
-            "ours": instructions_per_request(options.config_path, ours, args.seconds, work),
+            "minimal": instructions_per_request(
+                work / "minimal.cfg", minimal, args.seconds, work, headers
+            ),
+            "ours": instructions_per_request(
+                options.config_path, ours, args.seconds, work, headers
+            ),
         }
-        print(f"HAProxy user-space instructions per request (callgrind, wrk -c1 {args.seconds}s)")
+        shape = "Host and a browser's headers" if headers else "Host only"
+        print(f"HAProxy user-space instructions per request ({shape}; callgrind, wrk -c1 ", end="")
+        print(f"{args.seconds}s)")
         for name, n in counts.items():
             print(f"  {name:8s} {n:>9,.0f}")
         print(f"  generated / minimal: {counts['ours'] / counts['minimal']:.3f}")

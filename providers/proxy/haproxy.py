@@ -108,6 +108,8 @@ class HttpFrontend:
     owner: str  # the backend of the first route listening on these addresses
     hosts_map: Path | None  # Host -> backend of the apps sharing these addresses; None: alone
     spill: str | None = None  # the owner's spill backend, if it spills and owns these alone
+    # some route on these addresses replays: HAProxy keeps each request line (see the template)
+    replay: bool = False
 
 
 def bind(listener: t.Listener) -> str:
@@ -160,10 +162,13 @@ def http_frontends(table: t.RoutingTable, options: Options) -> list[HttpFrontend
         port_name = f"fe_http_{port}" + ("_tls" if tls else "")
         groups: dict[str, list[str]] = {}
         shared: set[str] = set()
+        replays: set[str] = set()
         for address, routes in by_bind.items():
             groups.setdefault(routes[0].name, []).append(address)
             if len(routes) > 1:
                 shared.add(routes[0].name)
+            if any(r.replay for r in routes):
+                replays.add(routes[0].name)
         for owner, binds in groups.items():
             name = f"{port_name}_{owner.removeprefix('be_')}"
             hosts_map = options.maps_dir / f"{name}.hosts" if owner in shared else None
@@ -178,6 +183,7 @@ def http_frontends(table: t.RoutingTable, options: Options) -> list[HttpFrontend
                     owner,
                     hosts_map,
                     spill.backend(owner) if spills else None,
+                    owner in replays,
                 )
             )
     return out
@@ -216,6 +222,7 @@ def render(table: t.RoutingTable, options: Options) -> dict[Path, str]:
         o=options,
         http_frontends=frontends,
         replay_routes=[r for r in http_routes if r.replay],
+        replay_frontends=any(fe.replay for fe in frontends),
         tcp_routes=tcp_routes,
     )
     return files

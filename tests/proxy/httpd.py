@@ -2,8 +2,9 @@
 
 Run as a subprocess (``python httpd.py PORT NAME``) so tests stop it by PID.
 ``GET /`` answers the name; ``/echo`` reports method, body length and digest
-and the ``fly-replay-src`` it saw; ``/replay?h=VALUE`` answers with
-``fly-replay: VALUE`` unless the request is itself a replay; ``/slow?ms=N`` waits.
+and the ``fly-replay-src``, request target and ``x-test`` header it saw;
+``/replay?h=VALUE`` answers with ``fly-replay: VALUE`` unless the request is
+itself a replay; ``/slow?ms=N`` waits.
 """
 
 import asyncio
@@ -47,6 +48,8 @@ async def handle(name: str, reader: asyncio.StreamReader, writer: asyncio.Stream
                 digest = hashlib.sha256(body).hexdigest()
                 extra["x-replay-src"] = headers.get("fly-replay-src", "")
                 extra["x-method"] = method
+                extra["x-target"] = target
+                extra["x-test"] = headers.get("x-test", "")
                 if url.path == "/echo" or "fly-replay-src" in headers:
                     out = f"{name} {method} {len(body)} {digest}\n".encode()
             head = f"HTTP/1.1 {status}\r\ncontent-length: {len(out)}\r\n"

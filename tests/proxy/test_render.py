@@ -14,6 +14,9 @@ from providers.proxy import haproxy
 from providers.proxy import table as t
 from tests.proxy.conftest import route, server, table
 
+# a frontend that replays logs, so that HAProxy keeps each request line (capture.req.uri)
+REPLAY_LOG = ["log ring@fleet-errors local0", "option httplog", "option dontlog-normal"]
+
 
 def render(tab: t.RoutingTable, tmp_path: Path) -> tuple[str, dict[str, str]]:
     options = haproxy.Options(state_dir=tmp_path, certs_dir=tmp_path / "certs")
@@ -41,10 +44,12 @@ def test_an_address_of_one_app_goes_to_it_with_no_lookup(tmp_path: Path) -> None
     assert section(config, "frontend fe_http_8080_a_0") == [
         "mode http",
         "bind 127.0.0.1:8080 transparent",
+        *REPLAY_LOG,
         "default_backend be_a_0",
     ]
     assert section(config, "frontend fe_http_8080_c_0")[1:] == [
         "bind 127.0.0.3:8080 transparent",
+        *REPLAY_LOG,
         "default_backend be_c_0",
     ]
     assert "use_backend" not in config and maps.keys() == {"replay.map"}
@@ -62,22 +67,36 @@ def test_apps_sharing_an_address_route_by_one_map_lookup_owner_default(tmp_path:
     assert section(config, "frontend fe_http_8080_a_0") == [
         "mode http",
         "bind 127.0.0.1:8080 transparent",
+        *REPLAY_LOG,
         f"use_backend %[req.hdr(host),field(1,:),lower,map({hosts},be_a_0)]",
         "default_backend be_a_0",
     ]
-    assert section(config, "frontend fe_http_8080_c_0")[2:] == ["default_backend be_c_0"]
+    assert section(config, "frontend fe_http_8080_c_0")[2:] == [
+        *REPLAY_LOG,
+        "default_backend be_c_0",
+    ]
     assert "frontend fe_http_8080_b_0" not in config
 
 
-def test_replay_keeps_two_variables_and_a_body_only_when_there_is_one(tmp_path: Path) -> None:
+def test_replay_keeps_one_variable_a_body_only_when_there_is_one(tmp_path: Path) -> None:
     config, _ = render(table(route("a", 8080, (server("sea.1", 9001),))), tmp_path)
     rules = [ln for ln in section(config, "backend be_a_0") if ln.startswith("http-")]
     assert rules == [
-        "http-request set-var(txn.rq_path) pathq",
-        "http-request set-var(txn.rq_hdrs) req.hdrs",
+        "http-request set-var(txn.rq_hdrs) req.hdrs_bin",
         "http-request set-var(txn.rq_body) req.body if { req.body_size gt 0 }",
         "http-response lua.fly_replay if { res.hdr(fly-replay) -m found }",
     ]
+    # the path is the request line the frontend keeps by logging (only errors, in memory),
+    # whole: the kept line is as long as a buffer
+    assert "ring fleet-errors" in config
+    assert f"tune.http.logurilen {haproxy.Options(tmp_path).bufsize}" in config
+
+
+def test_a_frontend_logs_when_a_route_on_its_addresses_replays(tmp_path: Path) -> None:
+    off = dataclasses.replace(route("a", 8080, (server("sea.1", 9001),)), replay=False)
+    shared_on = route("b", 8080, (server("sea.1", 9002),))  # on a's address, replays
+    config, _ = render(table(off, shared_on), tmp_path)
+    assert section(config, "frontend fe_http_8080_a_0")[2:5] == REPLAY_LOG
 
 
 def test_replay_off_leaves_requests_alone(tmp_path: Path) -> None:
@@ -91,5 +110,7 @@ def test_replay_off_leaves_requests_alone(tmp_path: Path) -> None:
         " fall 2 rise 1",
     ]
     assert "be_b_0" not in maps["replay.map"]
+    assert not set(REPLAY_LOG) & set(section(config, "frontend fe_http_8081_b_0"))
     alone, _ = render(table(off), tmp_path)
     assert "lua-load" not in alone
+    assert "log ring@" not in alone and "ring " not in alone and "logurilen" not in alone

@@ -2,15 +2,19 @@
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 import http.client
+import shutil
 import socket
 import ssl
+import subprocess
 from collections.abc import Iterator
+from pathlib import Path
 
 import pytest
 
-from providers.proxy import certs, proxy
+from providers.proxy import certs, proxy, runtime
 from providers.proxy import table as t
 from tests.proxy.conftest import Backends, free_port, get, server, table
 
@@ -93,6 +97,51 @@ def test_replay_elsewhere_goes_to_another_machine_nearest_first(replay_edge: int
 def test_replay_state_is_passed_on(replay_edge: int) -> None:
     _, headers, _ = get(replay_edge, "/replay?h=region%3Dams%3Bstate%3Dabc")
     assert headers["x-replay-src"].endswith(";state=abc")
+
+
+# header values whose lengths take 1, 2 and 3 bytes in req.hdrs_bin's encoding
+@pytest.mark.parametrize(
+    ("absolute", "value"), [(False, "t1"), (True, "v" * 300), (False, "w" * 3000)]
+)
+def test_replay_keeps_path_query_and_headers(replay_edge: int, absolute: bool, value: str) -> None:
+    # longer than HAProxy's default 1 KiB kept request line: must not be cut
+    target = "/replay?h=region%3Dams&pad=" + "p" * 3000 + "&x=%20y"
+    sent = f"http://app.fleet.test:{replay_edge}{target}" if absolute else target
+    status, headers, _ = get(replay_edge, sent, headers={"x-test": value})
+    assert (status, headers["x-server"]) == (200, "ams.1")
+    assert headers["x-target"] == target  # absolute form: scheme and authority left out
+    assert headers["x-test"] == value
+
+
+def test_h2_streams_of_one_connection_replay_their_own_request(
+    edge: proxy.EdgeProxy, backends: Backends, tmp_path: Path
+) -> None:
+    if shutil.which("curl") is None:
+        pytest.skip("needs curl")
+    port = free_port()
+    servers = (
+        server("sea.1", backends.start("sea.1")),
+        server("ams.1", backends.start("ams.1"), role=t.Role.REMOTE, region="ams"),
+    )
+    listeners = (t.Listener("127.0.0.1", port, tls=True, http=True),)
+    tab = table(t.Route("app", 0, t.Mode.HTTP, listeners, servers, ("app.fleet.test",)))
+    ca = certs.load_or_create_authority(edge.options.state_dir.parent / "ca")
+    certs.write_app_certificates(ca, tab, edge.options.certs_dir)
+    (tmp_path / "ca.pem").write_bytes(ca.cert_pem)
+    edge.start(tab)
+    common = ["--cacert", str(tmp_path / "ca.pem"), "--resolve", f"app.fleet.test:{port}:127.0.0.1"]
+    common += ["-o", "/dev/null", "-w", "%{http_version} %{num_connects} %header{x-server}"]
+    common[-1] += " %header{x-test} %header{x-target}\\n"
+    argv = ["curl", "-s", "--http2", "--parallel", "--parallel-max", "20"]
+    for i in range(20):
+        url = f"https://app.fleet.test:{port}/replay?h=region%3Dams&n={i}"
+        argv += [*common, "-H", f"x-test: h{i}", url, "--next"]
+    out = subprocess.run(argv[:-1], capture_output=True, text=True, timeout=60, check=True)
+    rows = [line.split() for line in out.stdout.splitlines()]
+    assert sum(int(r[1]) for r in rows) == 1  # one connection: the 20 were streams of it
+    assert sorted((r[0], *r[2:]) for r in rows) == sorted(
+        ("2", "ams.1", f"h{i}", f"/replay?h=region%3Dams&n={i}") for i in range(20)
+    )
 
 
 @pytest.mark.parametrize("chunked", [False, True])
@@ -179,3 +228,22 @@ def test_an_app_with_replay_off_gets_its_answer_untouched(
     assert "fly-replay-failed" not in headers
     big = b"z" * (200 * 1024)  # nothing is held for a replay: any body passes
     assert get(port, "/echo", method="POST", body=big)[2].split()[2] == str(len(big)).encode()
+
+
+def test_a_replaying_frontend_logs_only_errors_and_only_in_memory(
+    edge: proxy.EdgeProxy, backends: Backends
+) -> None:
+    # the log is there so that HAProxy keeps each request line for replay.lua;
+    # normal traffic leaves no line, an error leaves one in the ring
+    up, down = free_port(), free_port()
+    ok = t.Route("ok", 0, t.Mode.HTTP, (t.Listener("127.0.0.1", up, False, True),), ())
+    ok = dataclasses.replace(ok, servers=(server("sea.1", backends.start("sea.1")),))
+    dead = t.Route("dead", 0, t.Mode.HTTP, (t.Listener("127.0.0.1", down, False, True),), ())
+    dead = dataclasses.replace(dead, servers=(server("sea.1", free_port()),))  # nothing listens
+    edge.start(table(ok, dead))
+    assert get(up, "/fine")[0] == 200
+    assert get(down, "/broken")[0] == 503
+    with runtime.AdminSession(edge.options.admin_socket) as admin:
+        events = admin.execute("show events fleet-errors")
+    assert '"GET /broken HTTP/1.1"' in events and " 503 " in events
+    assert "/fine" not in events
