@@ -767,11 +767,17 @@ def _summary_fast(raw: Json) -> Summary | None:
         pairs.append((app, tuple(prefixes)))
     return _make_summary(
         settled,
-        tuple(zip(machines[::2], machines[1::2], strict=True)),
-        tuple(zip(others[::2], others[1::2], strict=True)),
+        _two_by_two(machines),
+        _two_by_two(others),
         unmanaged,
         tuple(pairs),
     )
+
+
+def _two_by_two(items: list[str]) -> tuple[tuple[str, str], ...]:
+    """A flat list of even length, in pairs (one iterator zipped with itself: no slices)."""
+    it = iter(items)
+    return tuple(zip(it, it))
 
 
 # A saved snapshot's reader builds one of each per host (frozen.maker: the same objects).
