@@ -190,8 +190,11 @@ def _lines(data: bytes, source: str, lazy: bool) -> observed.Snapshot | None:
         return None
     try:
         head = json.loads(data[: ends[0]] + b"]}")
-        hosts_raw = [json.loads(data[starts[i] : _end(data, ends[i])]) for i in range(1, n + 1)]
+        # the host entries' lines with their commas are an array's items: one parse
+        hosts_raw = json.loads(b"[" + data[starts[1] : ends[n]] + b"]") if n else []
     except (json.JSONDecodeError, UnicodeDecodeError):
+        return None
+    if type(hosts_raw) is not list or len(hosts_raw) != n:
         return None
     view = memoryview(data)
     bodies = [view[starts[i] : _end(data, ends[i])] for i in range(n + 2, 2 * n + 2)]
