@@ -130,7 +130,7 @@ class AutoStopper:
                 return False
             self._mark(rid)
             try:
-                self.routes.edge.change({}, lambda: self.routes.stopped_apps() | {app}, _quiet)
+                self.routes.change({}, _quiet, lambda: self.routes.stopped_apps() | {app})
                 self._servers_down(table, d.machine)
                 stopper = self.machines
                 if not isinstance(stopper, Stops):
