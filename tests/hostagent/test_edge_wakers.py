@@ -22,6 +22,8 @@ from providers.proxy import runtime, spec
 from providers.proxy import table as t
 from tests.proxy.conftest import Backends, backends, free_port, get, route, server
 
+__all__ = ["backends"]  # the fixture, shared with tests/proxy
+
 pytestmark = [
     pytest.mark.slow,
     # HAProxy outlives the process that starts it (later ones adopt it by PID), so the
@@ -198,7 +200,7 @@ def test_a_woken_machine_keeps_its_waker_until_haproxy_sees_it_up(
     """Issue #8's 503: the machine leaves "stopped" (started, booting) while HAProxy still
     holds its server DOWN until a check passes; with the waker off meanwhile, the route
     has no usable server. The waker stays on (ticker and apply alike) until it is UP."""
-    host_edge, backends = woken
+    host_edge, processes = woken
     machines = Waking()
     handler = edge.RouteHandler(host_edge, machines.stopped_apps, machines.started_apps)
     ticker = edge.Ticker(handler)
@@ -221,7 +223,7 @@ def test_a_woken_machine_keeps_its_waker_until_haproxy_sees_it_up(
     status, _, body = get(port)
     assert (status, body) == (200, b"waker\n")  # on main: 503, no usable server
 
-    backends.start("sea.1", machine_port)  # the machine listens; HAProxy's next check sees it
+    processes.start("sea.1", machine_port)  # the machine listens; HAProxy's next check sees it
     deadline = time.monotonic() + 5.0
     while not _local_up(host_edge) and time.monotonic() < deadline:
         time.sleep(0.1)
