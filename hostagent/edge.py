@@ -56,6 +56,8 @@ Json = Any
 StoppedApps = Callable[[], frozenset[str]]
 # The apps with a starting or running local machine: when the latest one started (wall clock)
 StartedApps = Callable[[], Mapping[str, float]]
+# The stopped local machines, by slot id (``hello/ams#1``, a server's ``machine``)
+StoppedMachines = Callable[[], frozenset[str]]
 # How long after its machine's start a route's waker may stay on while HAProxy sees none of
 # the route's local machines UP: the waker's own start timeout (hostagent.wake), so a machine
 # that never comes up does not keep the remote backups from serving for longer than that.
@@ -331,6 +333,28 @@ def still_waking(
     )
 
 
+def machine_servers(table: t.RoutingTable, machines: Collection[str]) -> list[str]:
+    """``backend/server`` of these machines' local servers, their spill copies too. Pure."""
+    refs = []
+    for route in table.routes:
+        spilled = {s.name for s in spill.spill_servers(route)}
+        for s in route.servers:
+            if s.role is t.Role.LOCAL and s.machine in machines:
+                refs.append(f"{route.name}/{s.name}")
+                if s.name in spilled:
+                    refs.append(f"{spill.backend(route.name)}/{s.name}")
+    return refs
+
+
+def servers_down(session: runtime.AdminSession, refs: Collection[str]) -> None:
+    """Tell HAProxy these servers are down now; its checks bring them back once they answer."""
+    for ref in refs:
+        command = f"set server {ref} health down"
+        answer = session.execute(command).strip()
+        if answer:  # not fatal: the health checks notice within seconds
+            log.warning("proxy: HAProxy refused %r: %s", command, answer)
+
+
 def _waker_on(route: t.Route) -> bool:
     return any(s.role is t.Role.WAKER and s.enabled for s in route.servers)
 
@@ -492,11 +516,16 @@ class RouteHandler:
     kind = KIND
 
     def __init__(
-        self, edge: Edge, stopped_apps: StoppedApps = frozenset, started_apps: StartedApps = dict
+        self,
+        edge: Edge,
+        stopped_apps: StoppedApps = frozenset,
+        started_apps: StartedApps = dict,
+        stopped_machines: StoppedMachines = frozenset,
     ) -> None:
         self.edge = edge
         self.stopped_apps = stopped_apps
         self.started_apps = started_apps
+        self.stopped_machines = stopped_machines
 
     def change(
         self,
@@ -564,6 +593,8 @@ class Ticker:
         if saved is None:
             return []
         alive = reload.HAProxyProcess(edge.paths.options()).adopt()
+        if alive:
+            self._down_stopped(saved)
         if alive and not self._astray(saved):
             return []
         if alive and edge.busy():
@@ -573,6 +604,29 @@ class Ticker:
             return []
         self.handler.change({}, lambda *_: None)
         return [] if alive else ["restarted HAProxy"]
+
+    def _down_stopped(self, saved: t.RoutingTable) -> None:
+        """Servers of machines that stopped go DOWN now, not when checks time out.
+
+        A machine stopped other than by autostop (which does this itself) kept
+        its server UP for seconds (a check to a stopped VM's address times out
+        rather than being refused: ~6 s in the lab), and requests meanwhile
+        went to it (then queued, some to 503) instead of to the waker.
+        """
+        stopped = self.handler.stopped_machines()
+        refs = machine_servers(saved, stopped) if stopped else []
+        if not refs:
+            return
+        try:
+            with runtime.AdminSession(self.handler.edge.paths.options().admin_socket, 1.0) as s:
+                up = {
+                    f"{x.backend}/{x.name}"
+                    for x in s.servers_state()
+                    if x.op_state == runtime.OP_RUNNING
+                }
+                servers_down(s, [ref for ref in refs if ref in up])
+        except ProviderError:
+            return  # HAProxy cannot say now (a reload): its checks will
 
     def _astray(self, saved: t.RoutingTable) -> bool:
         edge = self.handler.edge

@@ -103,24 +103,30 @@ def route_handler(
 ) -> edge.RouteHandler:
     """The ``route`` kind: the host's HAProxy, its state under the agent's data directory."""
 
-    def machines() -> Iterator[tuple[str, H.Observed]]:
+    def machines() -> Iterator[tuple[str, str, H.Observed]]:
         for (kind, rid), entry in inventory.read().entries.items():
             if kind == "machine":
-                yield str(entry.spec.get("app", "")), machine_kind.observe(rid, entry.spec)
+                app = str(entry.spec.get("app", ""))
+                yield app, rid.partition("@")[0], machine_kind.observe(rid, entry.spec)
 
     def stopped_apps() -> frozenset[str]:
-        return frozenset(app for app, live in machines() if live.state == "stopped")
+        return frozenset(app for app, _, live in machines() if live.state == "stopped")
+
+    def stopped_machines() -> frozenset[str]:
+        return frozenset(slot for _, slot, live in machines() if live.state == "stopped")
 
     def started_apps() -> dict[str, float]:
         out: dict[str, float] = {}
-        for app, live in machines():
+        for app, _, live in machines():
             at = live.runtime.get("started_at")
             if live.state in ("starting", "running") and at is not None:
                 out[app] = max(out.get(app, -math.inf), float(at))
         return out
 
     paths = edge.EdgePaths.of(cfg.data_dir)
-    return edge.RouteHandler(edge.Edge(paths, cfg.host), stopped_apps, started_apps)
+    return edge.RouteHandler(
+        edge.Edge(paths, cfg.host), stopped_apps, started_apps, stopped_machines
+    )
 
 
 def autostop_ticker(

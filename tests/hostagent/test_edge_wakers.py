@@ -170,6 +170,7 @@ class Waking(Machines):
     def __init__(self) -> None:
         super().__init__()
         self.started: dict[str, float] = {}
+        self.down: set[str] = set()
 
     def started_apps(self) -> dict[str, float]:
         return dict(self.started)
@@ -177,6 +178,13 @@ class Waking(Machines):
     def start(self, app: str, at: float | None = None) -> None:
         self.stopped.discard(app)
         self.started[app] = time.time() if at is None else at
+
+    def stop(self, app: str, machine: str) -> None:
+        self.stopped.add(app)
+        self.down.add(machine)
+
+    def stopped_machines(self) -> frozenset[str]:
+        return frozenset(self.down)
 
 
 @pytest.fixture
@@ -252,3 +260,34 @@ def test_a_machine_that_never_comes_up_keeps_its_waker_only_for_the_wake_window(
 
 def _waker() -> t.Server:
     return t.Server(t.WAKER_NAME, t.Role.WAKER, "", 0, enabled=False)
+
+
+def test_a_machine_stopped_by_hand_has_its_server_down_at_the_next_tick(
+    woken: tuple[edge.Edge, Backends],
+) -> None:
+    """The lab's 100-curl wake test still got one 503: requests sent within seconds of a
+    stop by hand went to the stopped machine's server, UP until its checks timed out, and
+    queued (the waker was already on). The ticker marks the server down itself."""
+    host_edge, processes = woken
+    machines = Waking()
+    handler = edge.RouteHandler(
+        host_edge, machines.stopped_apps, machines.started_apps, machines.stopped_machines
+    )
+    ticker = edge.Ticker(handler)
+    port, machine_port = free_port(), free_port()
+    served = spec.to_json(
+        "web", "sea", [route("web", port, (server("sea.1", machine_port), _waker()))]
+    )
+    processes.start("sea.1", machine_port)
+    handler.create("web", served, lambda *_: None)
+    deadline = time.monotonic() + 5.0
+    while not _local_up(host_edge) and time.monotonic() < deadline:
+        time.sleep(0.1)
+    assert _local_up(host_edge) and get(port)[2] == b"sea.1\n"
+
+    processes.stop("sea.1")
+    machines.stop("web", "web/sea#1")  # its slot, as the saved table names it
+    assert _local_up(host_edge)  # HAProxy has not noticed yet
+    ticker(1.0)
+    assert not _local_up(host_edge) and _held(host_edge)
+    assert get(port)[2] == b"waker\n"
