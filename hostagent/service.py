@@ -113,7 +113,12 @@ def route_handler(
         return frozenset(app for app, _, live in machines() if live.state == "stopped")
 
     def stopped_machines() -> frozenset[str]:
-        return frozenset(slot for _, slot, live in machines() if live.state == "stopped")
+        """Slots with a stopped machine and none running (a replacement shares the slot)."""
+        states: dict[str, set[str | None]] = {}
+        for _, slot, live in machines():
+            states.setdefault(slot, set()).add(live.state)
+        running = {"starting", "running"}
+        return frozenset(slot for slot, s in states.items() if "stopped" in s and not s & running)
 
     def started_apps() -> dict[str, float]:
         out: dict[str, float] = {}
