@@ -45,7 +45,7 @@ from hostagent import edge as edge_mod
 from hostagent import handlers as H
 from hostagent import supervisor
 from hostagent.inventory import Inventory
-from providers.proxy import autostop, runtime, spill
+from providers.proxy import autostop, runtime
 from providers.proxy import table as t
 
 log = logging.getLogger(__name__)
@@ -130,7 +130,7 @@ class AutoStopper:
                 return False
             self._mark(rid)
             try:
-                self.routes.edge.change({}, lambda: self.routes.stopped_apps() | {app}, _quiet)
+                self.routes.change({}, _quiet, lambda: self.routes.stopped_apps() | {app})
                 self._servers_down(table, d.machine)
                 stopper = self.machines
                 if not isinstance(stopper, Stops):
@@ -152,18 +152,7 @@ class AutoStopper:
 
     def _servers_down(self, table: t.RoutingTable, machine: str) -> None:
         with self._session() as session:
-            for route in table.routes:
-                spilled = {s.name for s in spill.spill_servers(route)}
-                for s in route.servers:
-                    if s.machine == machine and s.role is t.Role.LOCAL:
-                        refs = [f"{route.name}/{s.name}"]
-                        if s.name in spilled:  # its copy in the spill backend too
-                            refs.append(f"{spill.backend(route.name)}/{s.name}")
-                        for ref in refs:
-                            command = f"set server {ref} health down"
-                            answer = session.execute(command).strip()
-                            if answer:  # not fatal: the health checks notice within seconds
-                                log.warning("autostop: HAProxy refused %r: %s", command, answer)
+            edge_mod.servers_down(session, edge_mod.machine_servers(table, {machine}))
 
 
 def policies(local: Mapping[str, tuple[str, Mapping[str, Json]]]) -> dict[str, autostop.Policy]:

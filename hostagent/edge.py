@@ -22,14 +22,23 @@ them off when it withdraws; the proxy keeps listening either way.
 
 A server that leaves a route first drains: it stays with weight 0 until its
 sessions end or the app's ``kill_timeout`` passes, then it is removed.
+
+A route's waker (the first backup of an auto-start route) is enabled while a
+local machine of the app is stopped, and stays enabled after the machine
+leaves "stopped" until HAProxy's checks see one of the route's local machine
+servers UP (at most :data:`WAKE_WINDOW_S` after the start): HAProxy holds the
+machine's server DOWN until its next check passes, and without the waker the
+route would have no usable server meanwhile (:func:`still_waking`).
 """
 
 from __future__ import annotations
 
 import contextlib
 import fcntl
+import functools
 import json
 import logging
+import math
 import time
 from collections.abc import Callable, Collection, Iterator, Mapping
 from dataclasses import dataclass, replace
@@ -45,6 +54,14 @@ log = logging.getLogger(__name__)
 Json = Any
 # The apps with a stopped local machine, asked anew each time (it changes under our feet)
 StoppedApps = Callable[[], frozenset[str]]
+# The apps with a starting or running local machine: when the latest one started (wall clock)
+StartedApps = Callable[[], Mapping[str, float]]
+# The stopped local machines, by slot id (``hello/ams#1``, a server's ``machine``)
+StoppedMachines = Callable[[], frozenset[str]]
+# How long after its machine's start a route's waker may stay on while HAProxy sees none of
+# the route's local machines UP: the waker's own start timeout (hostagent.wake), so a machine
+# that never comes up does not keep the remote backups from serving for longer than that.
+WAKE_WINDOW_S = 45.0
 KIND = "route"
 DRAIN_POLL_S = 0.1
 # how long a drain step waits for the servers it restores to pass this HAProxy's checks
@@ -167,7 +184,10 @@ class Edge:
         return dict(raw) if isinstance(raw, dict) else {}
 
     def table(
-        self, specs: Mapping[str, Mapping[str, Json]], stopped: frozenset[str]
+        self,
+        specs: Mapping[str, Mapping[str, Json]],
+        stopped: frozenset[str],
+        waking: Collection[str] = frozenset(),
     ) -> t.RoutingTable:
         """The host's table from route specs (a malformed one raises ProviderError)."""
         routes: list[t.Route] = []
@@ -176,7 +196,7 @@ class Edge:
             routes += spec.from_json(value, f"route[{rid}]")
             region = region or str(value.get("region", ""))
         return spec.assemble(
-            self.host, region, routes, stopped_apps=stopped, settings=self.settings
+            self.host, region, routes, stopped_apps=stopped, settings=self.settings, waking=waking
         )
 
     def change(
@@ -184,6 +204,7 @@ class Edge:
         override: Mapping[str, Mapping[str, Json] | None],
         stopped: StoppedApps,
         emit: H.Emit,
+        started: StartedApps = dict,
     ) -> None:
         """Under the edge lock: the served specs with ``override`` (None: removed), made live.
 
@@ -191,7 +212,9 @@ class Edge:
         what the previous one made live, so none undoes another's route. The
         stopped apps (each waker's state) are asked under the lock too: a set
         asked before it could be older than the table the previous holder
-        made live, and would undo its wakers.
+        made live, and would undo its wakers. So are the routes still waking
+        (their waker stays on, :func:`still_waking`), from the live table and
+        HAProxy's server states.
         """
         with self.locked() as edge:
             before = self.specs()
@@ -206,7 +229,8 @@ class Edge:
             elif specs == before and (edge.live is not None or not specs):
                 return  # nothing changes (e.g. removing a route that never went live)
             try:
-                table = self.table(specs, stopped())
+                now_stopped = stopped()
+                table = self.table(specs, now_stopped, _waking(edge, now_stopped, started))
                 if table.routes:
                     self._bring(edge, table, emit)
                     if not override:
@@ -253,6 +277,86 @@ class Edge:
             # only once no request is in flight there (or kill_timeout has passed).
             wait_idle(edge, asked)
             emit("drained", ", ".join(f"{r}/{s}" for r, s in sorted(asked)))
+
+
+def _waking(edge: proxy.EdgeProxy, stopped: frozenset[str], started: StartedApps) -> frozenset[str]:
+    """The live table's routes still waking; none when HAProxy cannot say (it died)."""
+    if edge.live is None:
+        return frozenset()
+    try:
+        return waking_routes(edge.live, stopped, started, edge.session.servers_state)
+    except ProviderError:
+        return frozenset()
+
+
+def waking_routes(
+    table: t.RoutingTable,
+    stopped: frozenset[str],
+    started: StartedApps,
+    states: Callable[[], Collection[runtime.ServerState]],
+) -> frozenset[str]:
+    """:func:`still_waking` now, asking the machines and HAProxy only if a route may be."""
+    if not any(r.app not in stopped and _waker_on(r) for r in table.routes):
+        return frozenset()
+    return still_waking(table, stopped, started(), states(), time.time())
+
+
+def still_waking(
+    table: t.RoutingTable,
+    stopped: frozenset[str],
+    started: Mapping[str, float],
+    states: Collection[runtime.ServerState],
+    now: float,
+    *,
+    window_s: float = WAKE_WINDOW_S,
+) -> frozenset[str]:
+    """Routes whose waker stays on though no local machine of their app is stopped. Pure.
+
+    A route is still waking while its waker is on in ``table``, its app's
+    latest local machine started less than ``window_s`` before ``now``, and
+    HAProxy (``show servers state``) holds none of the route's local machine
+    servers running (operational state 2, not in maintenance). The waker is a
+    backup: once a local machine is UP it gets no new request anyway.
+    """
+    up = {
+        (s.backend, s.name)
+        for s in states
+        if s.op_state == runtime.OP_RUNNING and not s.maintenance
+    }
+    return frozenset(
+        r.name
+        for r in table.routes
+        if r.app not in stopped
+        and _waker_on(r)
+        and now - started.get(r.app, -math.inf) < window_s
+        and not any(s.role is t.Role.LOCAL and (r.name, s.name) in up for s in r.servers)
+    )
+
+
+def machine_servers(table: t.RoutingTable, machines: Collection[str]) -> list[str]:
+    """``backend/server`` of these machines' local servers, their spill copies too. Pure."""
+    refs = []
+    for route in table.routes:
+        spilled = {s.name for s in spill.spill_servers(route)}
+        for s in route.servers:
+            if s.role is t.Role.LOCAL and s.machine in machines:
+                refs.append(f"{route.name}/{s.name}")
+                if s.name in spilled:
+                    refs.append(f"{spill.backend(route.name)}/{s.name}")
+    return refs
+
+
+def servers_down(session: runtime.AdminSession, refs: Collection[str]) -> None:
+    """Tell HAProxy these servers are down now; its checks bring them back once they answer."""
+    for ref in refs:
+        command = f"set server {ref} health down"
+        answer = session.execute(command).strip()
+        if answer:  # not fatal: the health checks notice within seconds
+            log.warning("proxy: HAProxy refused %r: %s", command, answer)
+
+
+def _waker_on(route: t.Route) -> bool:
+    return any(s.role is t.Role.WAKER and s.enabled for s in route.servers)
 
 
 def waker_states(table: t.RoutingTable) -> dict[tuple[str, str], bool]:
@@ -411,23 +515,40 @@ class RouteHandler:
 
     kind = KIND
 
-    def __init__(self, edge: Edge, stopped_apps: StoppedApps = frozenset) -> None:
+    def __init__(
+        self,
+        edge: Edge,
+        stopped_apps: StoppedApps = frozenset,
+        started_apps: StartedApps = dict,
+        stopped_machines: StoppedMachines = frozenset,
+    ) -> None:
         self.edge = edge
         self.stopped_apps = stopped_apps
+        self.started_apps = started_apps
+        self.stopped_machines = stopped_machines
+
+    def change(
+        self,
+        override: Mapping[str, Mapping[str, Json] | None],
+        emit: H.Emit,
+        stopped: StoppedApps | None = None,
+    ) -> None:
+        """:meth:`Edge.change` with this host's machines (or ``stopped`` instead of its own)."""
+        self.edge.change(override, stopped or self.stopped_apps, emit, self.started_apps)
 
     def create(self, rid: str, spec_: Mapping[str, Json], emit: H.Emit) -> None:
-        self.edge.change({rid: spec_}, self.stopped_apps, emit)
+        self.change({rid: spec_}, emit)
 
     def update(
         self, rid: str, old: Mapping[str, Json], spec_: Mapping[str, Json], emit: H.Emit
     ) -> None:
-        self.edge.change({rid: spec_}, self.stopped_apps, emit)
+        self.change({rid: spec_}, emit)
 
     def delete(self, rid: str, spec_: Mapping[str, Json], emit: H.Emit) -> None:
-        self.edge.change({rid: None}, self.stopped_apps, emit)
+        self.change({rid: None}, emit)
 
     def start(self, rid: str, spec_: Mapping[str, Json], emit: H.Emit) -> None:
-        self.edge.change({}, self.stopped_apps, emit)
+        self.change({}, emit)
 
     def observe(self, rid: str, spec_: Mapping[str, Json]) -> H.Observed:
         alarm = self.edge.alarm()
@@ -456,10 +577,11 @@ class Ticker:
 
     Cheap when nothing changed (a PID check, the machines' states and one
     ``show servers state``). The table is rebuilt when HAProxy died or when
-    the waker states the stopped machines call for differ from the saved
-    table's or from HAProxy's: compared with what is there, not with what
-    this ticker last wrote, so a table another process made live with an
-    outdated set of stopped apps is corrected on the next tick.
+    the waker states the stopped machines (and the routes still waking) call
+    for differ from the saved table's or from HAProxy's: compared with what
+    is there, not with what this ticker last wrote, so a table another
+    process made live with an outdated set of stopped apps is corrected on
+    the next tick.
     """
 
     def __init__(self, handler: RouteHandler) -> None:
@@ -471,6 +593,8 @@ class Ticker:
         if saved is None:
             return []
         alive = reload.HAProxyProcess(edge.paths.options()).adopt()
+        if alive:
+            self._down_stopped(saved)
         if alive and not self._astray(saved):
             return []
         if alive and edge.busy():
@@ -478,22 +602,49 @@ class Ticker:
             # until it saves, HAProxy may be ahead of the saved table (a drain step waits
             # there up to kill_timeout). Do not hold up the supervisor: look again next tick.
             return []
-        edge.change({}, self.handler.stopped_apps, lambda *_: None)
+        self.handler.change({}, lambda *_: None)
         return [] if alive else ["restarted HAProxy"]
+
+    def _down_stopped(self, saved: t.RoutingTable) -> None:
+        """Servers of machines that stopped go DOWN now, not when checks time out.
+
+        A machine stopped other than by autostop (which does this itself) kept
+        its server UP for seconds (a check to a stopped VM's address times out
+        rather than being refused: ~6 s in the lab), and requests meanwhile
+        went to it (then queued, some to 503) instead of to the waker.
+        """
+        stopped = self.handler.stopped_machines()
+        refs = machine_servers(saved, stopped) if stopped else []
+        if not refs:
+            return
+        try:
+            with runtime.AdminSession(self.handler.edge.paths.options().admin_socket, 1.0) as s:
+                up = {
+                    f"{x.backend}/{x.name}"
+                    for x in s.servers_state()
+                    if x.op_state == runtime.OP_RUNNING
+                }
+                servers_down(s, [ref for ref in refs if ref in up])
+        except ProviderError:
+            return  # HAProxy cannot say now (a reload): its checks will
 
     def _astray(self, saved: t.RoutingTable) -> bool:
         edge = self.handler.edge
-        wanted = waker_states(spec.assign_wakers(saved, self.handler.stopped_apps(), edge.settings))
-        if wanted != waker_states(saved):
-            return True
+        stopped = self.handler.stopped_apps()
         try:
             with runtime.AdminSession(edge.paths.options().admin_socket, 1.0) as session:
-                states = session.servers_state()
+                states = functools.cache(session.servers_state)  # once a tick, when needed
+                waking = waking_routes(saved, stopped, self.handler.started_apps, states)
+                table = spec.assign_wakers(saved, stopped, edge.settings, waking)
+                wanted = waker_states(table)
+                if wanted != waker_states(saved):
+                    return True
+                held = states()
         except ProviderError:
             return False  # HAProxy cannot say now (a reload): the saved table agrees
         return any(
-            held != wanted.get(key, held)
-            for key, held in haproxy_waker_states(saved, states).items()
+            enabled != wanted.get(key, enabled)
+            for key, enabled in haproxy_waker_states(saved, held).items()
         )
 
 

@@ -167,6 +167,8 @@ class MachineHandler:
             runtime["exit_code"] = status.exit_code
         if status.exit_signal is not None:
             runtime["exit_signal"] = status.exit_signal
+        if status.started_at is not None:
+            runtime["started_at"] = status.started_at
         return H.Observed(
             state=STATES[status.state],
             health="unknown",

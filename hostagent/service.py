@@ -9,9 +9,11 @@ from __future__ import annotations
 
 import json
 import logging
+import math
 import os
 import signal
 import threading
+from collections.abc import Iterator
 from pathlib import Path
 
 import hostagent
@@ -101,14 +103,35 @@ def route_handler(
 ) -> edge.RouteHandler:
     """The ``route`` kind: the host's HAProxy, its state under the agent's data directory."""
 
-    def stopped_apps() -> frozenset[str]:
-        out = set()
+    def machines() -> Iterator[tuple[str, str, H.Observed]]:
         for (kind, rid), entry in inventory.read().entries.items():
-            if kind == "machine" and machine_kind.observe(rid, entry.spec).state == "stopped":
-                out.add(str(entry.spec.get("app", "")))
-        return frozenset(out)
+            if kind == "machine":
+                app = str(entry.spec.get("app", ""))
+                yield app, rid.partition("@")[0], machine_kind.observe(rid, entry.spec)
 
-    return edge.RouteHandler(edge.Edge(edge.EdgePaths.of(cfg.data_dir), cfg.host), stopped_apps)
+    def stopped_apps() -> frozenset[str]:
+        return frozenset(app for app, _, live in machines() if live.state == "stopped")
+
+    def stopped_machines() -> frozenset[str]:
+        """Slots with a stopped machine and none running (a replacement shares the slot)."""
+        states: dict[str, set[str | None]] = {}
+        for _, slot, live in machines():
+            states.setdefault(slot, set()).add(live.state)
+        running = {"starting", "running"}
+        return frozenset(slot for slot, s in states.items() if "stopped" in s and not s & running)
+
+    def started_apps() -> dict[str, float]:
+        out: dict[str, float] = {}
+        for app, _, live in machines():
+            at = live.runtime.get("started_at")
+            if live.state in ("starting", "running") and at is not None:
+                out[app] = max(out.get(app, -math.inf), float(at))
+        return out
+
+    paths = edge.EdgePaths.of(cfg.data_dir)
+    return edge.RouteHandler(
+        edge.Edge(paths, cfg.host), stopped_apps, started_apps, stopped_machines
+    )
 
 
 def autostop_ticker(

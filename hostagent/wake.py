@@ -1,8 +1,9 @@
 """Wake on request in ``fleet-agent serve``: the edge's waker, in its own asyncio thread.
 
 HAProxy has a waker server as the first backup of every auto-start route,
-enabled while this host has a stopped machine of the app (the edge ticker
-keeps that in step). :class:`WakeService` runs
+enabled while this host has a stopped machine of the app, and after its start
+until HAProxy's checks see it UP (the edge ticker keeps that in step,
+:func:`hostagent.edge.still_waking`). :class:`WakeService` runs
 :class:`providers.proxy.waker.Waker` behind those servers: a connection that
 finds no running machine lands here, the waker starts one stopped local
 machine of the app (once, however many connections wait) through the machine
@@ -27,8 +28,9 @@ from providers.proxy import waker
 log = logging.getLogger(__name__)
 Json = Any
 # A boot under TCG on a loaded 2-core machine took up to ~10 s; leave room, and stay
-# below HAProxy's `timeout server` (60 s), which covers the start plus the answer.
-START_TIMEOUT_S = 45.0
+# below HAProxy's `timeout server` (60 s), which covers the start plus the answer. The
+# edge keeps a route's waker on at most this long after the start (edge.WAKE_WINDOW_S).
+START_TIMEOUT_S = edge_mod.WAKE_WINDOW_S
 
 
 class WakeService:
@@ -88,19 +90,33 @@ class WakeService:
         return await loop.run_in_executor(None, self._start_blocking, backend)
 
     def _start_blocking(self, backend: str) -> waker.Target:
+        """Start a stopped local machine of the route's app, or join one already on its way.
+
+        The waker stays on after a start until HAProxy sees the machine UP, so
+        a request may come here for a machine something else (an apply) just
+        started: it waits for that one rather than failing.
+        """
         table = self.edge.saved()
         route = table.route(backend) if table is not None else None
         if route is None:
             raise waker.WakeError(f"no route {backend} on this host")
         with self.lock:
+            starting = None
             for (kind, rid), entry in sorted(self.inventory.read().entries.items()):
                 if kind != "machine" or entry.spec.get("app") != route.app:
                     continue
-                if self.machines.observe(rid, entry.spec).state != "stopped":
+                state = self.machines.observe(rid, entry.spec).state
+                if state in ("starting", "running"):
+                    starting = starting or (rid, entry.spec)
+                if state != "stopped":
                     continue
                 log.info("waker: starting %s for %s", rid, backend)
                 self.machines.start(rid, entry.spec, lambda *_: None)
                 return waker.Target(str(entry.spec["address"]), _port(entry.spec, route))
+        if starting is not None:
+            rid, spec = starting
+            log.info("waker: %s already started, waiting for it for %s", rid, backend)
+            return waker.Target(str(spec["address"]), _port(spec, route))
         raise waker.WakeError(f"no stopped machine of {route.app} on this host")
 
 

@@ -25,6 +25,8 @@ from providers.proxy import diff
 log = logging.getLogger(__name__)
 
 PROMPT = b"\n> "
+# ``show servers state``'s srv_op_state of a server HAProxy sends traffic to (UP)
+OP_RUNNING = 2
 DEL_RETRY_S = 2.0
 
 

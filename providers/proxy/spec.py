@@ -10,7 +10,8 @@ the JSON shape is defined once (docs/protocol.md shows it).
 
 Two things are the host's to decide, not the reconciler's: the waker's port
 (:func:`assign_wakers`, one per auto-start route of the host) and whether the
-waker is enabled (it is while a local machine of the app is stopped).
+waker is enabled (it is while a local machine of the app is stopped, and while
+a route is still waking: see :func:`assign_wakers`).
 """
 
 from __future__ import annotations
@@ -197,16 +198,26 @@ def assemble(
     *,
     stopped_apps: frozenset[str] = frozenset(),
     settings: t.Settings = DEFAULT_SETTINGS,
+    waking: Collection[str] = frozenset(),
 ) -> t.RoutingTable:
     """The host's table from the routes of every route spec it holds, wakers assigned."""
     ordered = sorted(routes, key=lambda r: r.name)
-    return assign_wakers(t.RoutingTable(host, region, tuple(ordered)), stopped_apps, settings)
+    table = t.RoutingTable(host, region, tuple(ordered))
+    return assign_wakers(table, stopped_apps, settings, waking)
 
 
 def assign_wakers(
-    table: t.RoutingTable, stopped_apps: frozenset[str], settings: t.Settings = DEFAULT_SETTINGS
+    table: t.RoutingTable,
+    stopped_apps: frozenset[str],
+    settings: t.Settings = DEFAULT_SETTINGS,
+    waking: Collection[str] = frozenset(),
 ) -> t.RoutingTable:
     """Give each auto-start route its own waker port (in route order), enabled while stopped.
+
+    Also while the route is in ``waking`` (route names): its machine has left
+    "stopped" but HAProxy's checks do not see it UP yet, so without the waker
+    the route would have no usable server there (the host decides which
+    routes those are: :func:`hostagent.edge.still_waking`).
 
     Never while the route drains a server: that machine is being replaced in
     place, so "stopped" there means "between its old and its new VM", and the
@@ -224,7 +235,7 @@ def assign_wakers(
                     s,
                     address=settings.waker_address,
                     port=port,
-                    enabled=r.app in stopped_apps and not draining,
+                    enabled=(r.app in stopped_apps or r.name in waking) and not draining,
                 )
                 port += 1
                 servers.append(waker)

@@ -296,7 +296,7 @@ class MachineManager:
         st = status_mod.after_requested_stop(st, requested)
         return MachineStatus(
             st.name, st.state, st.pid, st.exit_code, st.exit_signal, st.stop_signal,
-            st.detail, rec.image_digest,
+            st.detail, rec.image_digest, rec.timings["started_at"],
         )  # fmt: skip
 
     def list(self) -> list[MachineStatus]:

@@ -107,3 +107,4 @@ class MachineStatus:
     stop_signal: int | None = None
     detail: str = ""
     image_digest: str = ""
+    started_at: float | None = None  # wall clock of the last start (the edge's waker needs it)

@@ -159,7 +159,8 @@ def _free_port() -> int:
         return int(s.getsockname()[1])
 
 
-def test_the_wake_service_starts_one_stopped_machine_for_many_connections(tmp_path: Path) -> None:
+def _wake_service(tmp_path: Path) -> tuple[wake.WakeService, _Machines, int]:
+    """The wake service of sea-1, whose one echo machine is stopped; and the waker's port."""
     machine_port, waker_port = _free_port(), _free_port()
     routes = spec.app_routes(
         world(auto_start=True), "echo", "sea-1", [m("echo", "sea", 1, "sea-1")]
@@ -184,20 +185,47 @@ def test_the_wake_service_starts_one_stopped_machine_for_many_connections(tmp_pa
         state.put(Entry("machine", "echo/sea#1@x", "sha256:1", machine_spec))
     machines = _Machines(machine_port)
     service = wake.WakeService(edge.Edge(paths, "sea-1"), inventory, machines)  # type: ignore[arg-type]
+    return service, machines, waker_port
+
+
+def _ask(port: int, times: int) -> list[bytes]:
+    def ask() -> bytes:
+        with socket.create_connection(("127.0.0.1", port), timeout=10) as c:
+            return c.recv(100)
+
+    with ThreadPoolExecutor(20) as pool:
+        return list(pool.map(lambda _: ask(), range(times)))
+
+
+def test_the_wake_service_starts_one_stopped_machine_for_many_connections(tmp_path: Path) -> None:
+    service, machines, waker_port = _wake_service(tmp_path)
     service.start()
     try:
         assert service.tick(0.0) == ["waker listening for 1 route(s)"]
         assert service.tick(1.0) == []  # nothing changed: nothing done
-
-        def ask() -> bytes:
-            with socket.create_connection(("127.0.0.1", waker_port), timeout=10) as c:
-                return c.recv(100)
-
-        with ThreadPoolExecutor(20) as pool:
-            answers = list(pool.map(lambda _: ask(), range(50)))
-        assert answers == [b"woken\n"] * 50
+        assert _ask(waker_port, 50) == [b"woken\n"] * 50
         assert machines.started == ["echo/sea#1@x"]
     finally:
+        service.close()
+        if machines.server is not None:
+            machines.server.close()
+
+
+def test_the_wake_service_waits_for_a_machine_something_else_started(tmp_path: Path) -> None:
+    """The waker stays on until HAProxy sees the machine UP, also when an apply started
+    it: a request meeting the waker then waits for that machine instead of failing."""
+    service, machines, waker_port = _wake_service(tmp_path)
+    service.start()
+    booting = threading.Thread(target=machines.start, args=("echo/sea#1@x", {}, None))
+    try:
+        service.tick(0.0)
+        booting.start()  # an apply starts the machine; it boots for 0.3 s
+        while not machines.started:
+            time.sleep(0.01)
+        assert _ask(waker_port, 10) == [b"woken\n"] * 10
+        assert machines.started == ["echo/sea#1@x"]  # joined, not started again
+    finally:
+        booting.join()
         service.close()
         if machines.server is not None:
             machines.server.close()
@@ -209,3 +237,43 @@ def test_edge_health_counts_an_enabled_waker_as_a_machine_it_can_start() -> None
     table = spec.assemble("sea-1", "sea", routes, stopped_apps=frozenset({"hello"}))
     down = [runtime.ServerStat("be_hello_0", "sea.1", 0, 0, 0, -1, 0, "DOWN")]
     assert edge.count_up(table, down) == {"hello": 1}  # announced: a request wakes sea.1
+
+
+def _waking_table(draining: bool = False) -> t.RoutingTable:
+    """web on sea-1: a local machine, the waker (on: the machine was stopped), a remote one."""
+    local = t.Server("sea.1", t.Role.LOCAL, "127.0.0.1", 8080, "sea", "web/sea#1", None, draining)
+    waker = t.Server(t.WAKER_NAME, t.Role.WAKER, "", 0, enabled=False)
+    remote = t.Server("ams.1", t.Role.REMOTE, "10.0.0.2", 8080, "ams", "web/ams#1")
+    listener = t.Listener("127.0.0.1", 80, False, True)
+    web = t.Route("web", 0, t.Mode.HTTP, (listener,), (local, waker, remote))
+    return spec.assign_wakers(t.RoutingTable("sea-1", "sea", (web,)), frozenset({"web"}))
+
+
+def _state(name: str, op_state: int, admin_state: int = 0) -> runtime.ServerState:
+    return runtime.ServerState("be_web_0", name, "127.0.0.1", 8080, op_state, admin_state, 100)
+
+
+def test_a_route_is_still_waking_until_haproxy_holds_a_local_machine_running() -> None:
+    table, now = _waking_table(), 1000.0
+    started = {"web": now - 5.0}
+    down = [_state("sea.1", 0), _state("ams.1", runtime.OP_RUNNING)]  # a remote one UP
+    assert edge.still_waking(table, frozenset(), started, down, now) == {"be_web_0"}
+    up = [_state("sea.1", runtime.OP_RUNNING)]
+    assert edge.still_waking(table, frozenset(), started, up, now) == frozenset()
+    maintained = [_state("sea.1", runtime.OP_RUNNING, admin_state=0x01)]  # no traffic there
+    assert edge.still_waking(table, frozenset(), started, maintained, now) == {"be_web_0"}
+    # bounded: a machine that never comes up gives the route back to its backups
+    late = now + edge.WAKE_WINDOW_S
+    assert edge.still_waking(table, frozenset(), started, down, late) == frozenset()
+    assert edge.still_waking(table, frozenset(), {}, down, now) == frozenset()  # no start seen
+    # stopped again: the stopped rule holds the waker, not this one
+    assert edge.still_waking(table, frozenset({"web"}), started, down, now) == frozenset()
+    off = spec.assign_wakers(table, frozenset())  # a waker already off is not turned on
+    assert edge.still_waking(off, frozenset(), started, down, now) == frozenset()
+
+
+def test_a_waking_route_gets_its_waker_unless_it_drains_a_machine() -> None:
+    waking = spec.assign_wakers(_waking_table(), frozenset(), waking={"be_web_0"})
+    assert edge.waker_states(waking) == {("be_web_0", t.WAKER_NAME): True}
+    drained = spec.assign_wakers(_waking_table(draining=True), frozenset(), waking={"be_web_0"})
+    assert edge.waker_states(drained) == {("be_web_0", t.WAKER_NAME): False}

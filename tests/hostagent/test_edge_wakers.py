@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import fcntl
 import threading
+import time
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -19,7 +20,9 @@ import pytest
 from hostagent import edge
 from providers.proxy import runtime, spec
 from providers.proxy import table as t
-from tests.proxy.conftest import free_port, route, server
+from tests.proxy.conftest import Backends, backends, free_port, get, route, server
+
+__all__ = ["backends"]  # the fixture, shared with tests/proxy
 
 pytestmark = [
     pytest.mark.slow,
@@ -159,3 +162,132 @@ def test_the_ticker_does_not_wait_for_an_apply_holding_the_lock(host_edge: edge.
     assert _held(host_edge)  # left for the next tick
     ticker(2.0)
     assert not _held(host_edge) and not _saved(host_edge)
+
+
+class Waking(Machines):
+    """The machines again, with when each app's machine last started (``started_apps``)."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.started: dict[str, float] = {}
+        self.down: set[str] = set()
+
+    def started_apps(self) -> dict[str, float]:
+        return dict(self.started)
+
+    def start(self, app: str, at: float | None = None) -> None:
+        self.stopped.discard(app)
+        self.started[app] = time.time() if at is None else at
+
+    def stop(self, app: str, machine: str) -> None:
+        self.stopped.add(app)
+        self.down.add(machine)
+
+    def stopped_machines(self) -> frozenset[str]:
+        return frozenset(self.down)
+
+
+@pytest.fixture
+def woken(tmp_path: Path, backends: Backends) -> Iterator[tuple[edge.Edge, Backends]]:
+    """An edge whose waker port has a stand-in waker (an HTTP server answering "waker")."""
+    settings = t.Settings(waker_port=backends.start("waker"))
+    e = edge.Edge(edge.EdgePaths.of(tmp_path), "sea-1", settings)
+    yield e, backends
+    e.change({"web": None}, frozenset, lambda *_: None)
+
+
+def _local_up(e: edge.Edge) -> bool:
+    with runtime.AdminSession(e.paths.options().admin_socket) as session:
+        states = session.servers_state("be_web_0")
+    return any(s.name == "sea.1" and s.op_state == runtime.OP_RUNNING for s in states)
+
+
+def test_a_woken_machine_keeps_its_waker_until_haproxy_sees_it_up(
+    woken: tuple[edge.Edge, Backends],
+) -> None:
+    """Issue #8's 503: the machine leaves "stopped" (started, booting) while HAProxy still
+    holds its server DOWN until a check passes; with the waker off meanwhile, the route
+    has no usable server. The waker stays on (ticker and apply alike) until it is UP."""
+    host_edge, processes = woken
+    machines = Waking()
+    handler = edge.RouteHandler(host_edge, machines.stopped_apps, machines.started_apps)
+    ticker = edge.Ticker(handler)
+    port, machine_port = free_port(), free_port()
+    served = spec.to_json(
+        "web",
+        "sea",
+        [route("web", port, (server("sea.1", machine_port), _waker()))],
+    )
+    handler.create("web", served, lambda *_: None)
+    machines.stopped.add("web")
+    ticker(0.0)
+    assert _held(host_edge) and _saved(host_edge)
+
+    machines.start("web")  # booting: nothing listens on its port yet
+    ticker(1.0)
+    assert _held(host_edge) and _saved(host_edge)
+    handler.start("web", served, lambda *_: None)  # an apply's refresh keeps it on too
+    assert _held(host_edge) and _saved(host_edge)
+    status, _, body = get(port)
+    assert (status, body) == (200, b"waker\n")  # on main: 503, no usable server
+
+    processes.start("sea.1", machine_port)  # the machine listens; HAProxy's next check sees it
+    deadline = time.monotonic() + 5.0
+    while not _local_up(host_edge) and time.monotonic() < deadline:
+        time.sleep(0.1)
+    assert _local_up(host_edge)
+    ticker(2.0)
+    assert not _held(host_edge) and not _saved(host_edge)
+    assert get(port)[2] == b"sea.1\n"
+
+
+def test_a_machine_that_never_comes_up_keeps_its_waker_only_for_the_wake_window(
+    host_edge: edge.Edge,
+) -> None:
+    machines = Waking()
+    handler = edge.RouteHandler(host_edge, machines.stopped_apps, machines.started_apps)
+    ticker = edge.Ticker(handler)
+    handler.create("web", _served(), lambda *_: None)
+    machines.stopped.add("web")
+    ticker(0.0)
+    machines.start("web", at=time.time() - edge.WAKE_WINDOW_S + 30)
+    ticker(1.0)
+    assert _held(host_edge)  # within the window: still waking
+    machines.start("web", at=time.time() - edge.WAKE_WINDOW_S - 1)
+    ticker(2.0)
+    assert not _held(host_edge) and not _saved(host_edge)  # the remote backups serve again
+
+
+def _waker() -> t.Server:
+    return t.Server(t.WAKER_NAME, t.Role.WAKER, "", 0, enabled=False)
+
+
+def test_a_machine_stopped_by_hand_has_its_server_down_at_the_next_tick(
+    woken: tuple[edge.Edge, Backends],
+) -> None:
+    """The lab's 100-curl wake test still got one 503: requests sent within seconds of a
+    stop by hand went to the stopped machine's server, UP until its checks timed out, and
+    queued (the waker was already on). The ticker marks the server down itself."""
+    host_edge, processes = woken
+    machines = Waking()
+    handler = edge.RouteHandler(
+        host_edge, machines.stopped_apps, machines.started_apps, machines.stopped_machines
+    )
+    ticker = edge.Ticker(handler)
+    port, machine_port = free_port(), free_port()
+    served = spec.to_json(
+        "web", "sea", [route("web", port, (server("sea.1", machine_port), _waker()))]
+    )
+    processes.start("sea.1", machine_port)
+    handler.create("web", served, lambda *_: None)
+    deadline = time.monotonic() + 5.0
+    while not _local_up(host_edge) and time.monotonic() < deadline:
+        time.sleep(0.1)
+    assert _local_up(host_edge) and get(port)[2] == b"sea.1\n"
+
+    processes.stop("sea.1")
+    machines.stop("web", "web/sea#1")  # its slot, as the saved table names it
+    assert _local_up(host_edge)  # HAProxy has not noticed yet
+    ticker(1.0)
+    assert not _local_up(host_edge) and _held(host_edge)
+    assert get(port)[2] == b"waker\n"
