@@ -777,7 +777,7 @@ def _summary_fast(raw: Json) -> Summary | None:
 def _two_by_two(items: list[str]) -> tuple[tuple[str, str], ...]:
     """A flat list of even length, in pairs (one iterator zipped with itself: no slices)."""
     it = iter(items)
-    return tuple(zip(it, it))
+    return tuple(zip(it, it, strict=True))
 
 
 # A saved snapshot's reader builds one of each per host (frozen.maker: the same objects).
