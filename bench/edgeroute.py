@@ -20,7 +20,6 @@ clock follows the load, the CPU time much less.
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import resource
 import shutil
@@ -32,6 +31,7 @@ import time
 from pathlib import Path
 
 from bench.routemove import p99
+from reconciler.core import snapfile
 
 RECONCILE = str(Path(sys.executable).with_name("reconcile"))
 MASTER = "/var/lib/fleet-agent/proxy/haproxy/master.sock"
@@ -46,14 +46,19 @@ def reconcile(*args: str) -> str:
 
 
 def routes(fleet: Path, save: Path) -> dict[tuple[str, str], str]:
+    """(host, route id) -> etag of every route observed (read as the reconciler reads it:
+    a saved file keeps resources apart from their hosts)."""
     reconcile("observe", "--fleet", str(fleet), "--save", str(save))
-    data = json.loads(save.read_text())
-    return {
-        (h["host"], r["id"]): r["etag"]
-        for h in data["hosts"]
-        for r in h.get("resources", [])
-        if r["kind"] == "route"
+    snap = snapfile.loads(save.read_bytes(), str(save))
+    out = {
+        (name, r.id): r.etag
+        for name, obs in snap.hosts.items()
+        for r in obs.resources
+        if r.kind == "route"
     }
+    if not out:
+        raise SystemExit(f"no route observed on any host ({save}): is the lab up and applied?")
+    return out
 
 
 def reloads(hosts: list[str]) -> dict[str, str]:
