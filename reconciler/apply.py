@@ -224,6 +224,7 @@ class _Run:
         on_host: dict[str, list[str]] = defaultdict(list)
         for s in self.plan.steps:
             on_host[s.host].append(s.id)
+        todo: list[tuple[str, str, int]] = []
         for host, digest in sorted(self.plan.inputs.items()):
             hr = self.report.hosts.get(host)
             if hr is not None and (hr.failed or hr.refused or hr.deferred or hr.reverted):
@@ -236,12 +237,21 @@ class _Run:
                 generation = self.plan.generations.get(host)
             if generation is None:
                 continue
-            try:
-                kept = self._client(host).record_inputs(digest, generation)
-            except HostError as exc:
-                log.info("%s: inputs digest not recorded: %s", host, exc)
-                continue
-            log.debug("%s: inputs digest %s", host, "recorded" if kept else "not recorded")
+            todo.append((host, digest, generation))
+        if not todo:
+            return
+        # one round trip per host: side by side, as the steps went (1,000 hosts one
+        # after the other would add their round trips up)
+        with cf.ThreadPoolExecutor(max_workers=max(1, min(self.parallelism, len(todo)))) as pool:
+            list(pool.map(lambda t: self._record_on(*t), todo))
+
+    def _record_on(self, host: str, digest: str, generation: int) -> None:
+        try:
+            kept = self._client(host).record_inputs(digest, generation)
+        except HostError as exc:
+            log.info("%s: inputs digest not recorded: %s", host, exc)
+            return
+        log.debug("%s: inputs digest %s", host, "recorded" if kept else "not recorded")
 
     def _revert(self) -> None:
         for app in sorted(self.report.halted):
