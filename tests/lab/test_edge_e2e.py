@@ -399,7 +399,7 @@ def test_wrk_while_a_stopped_machine_wakes_has_no_failed_request(fleet: Fleet) -
     agent = "/var/lib/fleet-agent/current/bin/fleet-agent"
     fleet.lab.exec(host, agent, "machine", "stop", victim["status"]["runtime"]["machine"])
     before = _waker_starts(fleet, host)
-    time.sleep(4)  # HAProxy's check marks the machine down and the ticker enables the waker
+    time.sleep(4)  # the ticker marks the stopped machine down and enables the waker (~1 s)
     wrk = ["wrk", "-t1", "-c4", "-d20s", "--timeout", "60s", f"http://{HELLO}/"]
     load = subprocess.Popen(
         [RECONCILE, "lab", "exec", host, "--", *wrk],
@@ -433,7 +433,7 @@ def test_a_machine_killed_after_its_stop_timeout_is_woken_not_restarted(fleet: F
     out = fleet.lab.exec(host, agent, "machine", "stop", "--timeout", "1", name)
     assert "stopped on request" in out.stdout, out
     before = _waker_starts(fleet, host)
-    time.sleep(4)  # HAProxy's check marks the machine down and the ticker enables the waker
+    time.sleep(4)  # the ticker marks the stopped machine down and enables the waker (~1 s)
     answer = fleet.lab.exec(host, "curl", "-s", "-m", "90", f"http://{HELLO}/", check=False)
     assert answer.stdout.startswith("hello from the fleet"), answer
     assert _waker_starts(fleet, host) - before == 1
