@@ -243,7 +243,7 @@ def _waking_table(draining: bool = False) -> t.RoutingTable:
     """web on sea-1: a local machine, the waker (on: the machine was stopped), a remote one."""
     local = t.Server("sea.1", t.Role.LOCAL, "127.0.0.1", 8080, "sea", "web/sea#1", None, draining)
     waker = t.Server(t.WAKER_NAME, t.Role.WAKER, "", 0, enabled=False)
-    remote = t.Server("ams.1", t.Role.REMOTE, "10.0.0.2", 8080, "ams", "web/ams#1")
+    remote = t.Server("ams.1", t.Role.REMOTE, "fdf1:ee70:0:20c8::2", 8080, "ams", "web/ams#1")
     listener = t.Listener("127.0.0.1", 80, False, True)
     web = t.Route("web", 0, t.Mode.HTTP, (listener,), (local, waker, remote))
     return spec.assign_wakers(t.RoutingTable("sea-1", "sea", (web,)), frozenset({"web"}))
