@@ -77,12 +77,12 @@ def plan_machines(
         on_host[host][app_name].append(slot_key)
         if app_name != last_app:  # slots come ordered by app: its lookups once per app
             last_app, app, app_parts = app_name, fleet.apps[app_name], parts[app_name]
-            running = f"already running image {app.image} on "
+            running = _running_text(app)
         held = skipped.get(host)
         if held is not None:
             acc.unaddressed.append(len(placed))
             placed.append((host, slot, ""))
-            acc.noops.append(P.noop(addr, f"{running}{host} ({held[slot_id]})"))  # _running()
+            acc.noops.append(P.noop(addr, f"{running}{host} ({held[slot_id]})"))  # as _running
             continue
         host_bits = bits.get(host)
         if host_bits is None:
@@ -385,4 +385,9 @@ def _unchanged_machine(
 
 
 def _running(addr: str, app: model.App, host: str, etag: str) -> P.Noop:
-    return P.noop(addr, f"already running image {app.image} on {host} ({etag})")
+    return P.noop(addr, f"{_running_text(app)}{host} ({etag})")
+
+
+def _running_text(app: model.App) -> str:
+    """The start of a running machine's no-op reason (then its host and etag)."""
+    return f"already running image {app.image} on "

@@ -117,18 +117,25 @@ def _index(fleet: model.Fleet, snap: observed.Snapshot) -> _Index:
     return idx
 
 
+def _packed(text: str, family: int, bits: int) -> tuple[int, int] | None:
+    """``address/length`` as (address, length) integers when the C library parses the
+    address in ``family`` and the length is plain and at most ``bits``; else None."""
+    address, slash, length = text.partition("/")
+    if not (slash and length.isdigit() and len(length) <= 3 and int(length) <= bits):
+        return None
+    try:
+        return int.from_bytes(socket.inet_pton(family, address), "big"), int(length)
+    except OSError:
+        return None
+
+
 def _interface_address(text: str) -> ipaddress.IPv4Address | ipaddress.IPv6Address:
     """``ipaddress.ip_interface(text).ip``, the address parsed by the C library when it
     has a plain prefix length (200 apps' announcements are 400 of them)."""
-    address, slash, length = text.partition("/")
-    if slash and length.isdigit() and len(length) <= 3:
-        for family, bits, cls in _FAMILIES:
-            if int(length) <= bits:
-                try:
-                    packed = socket.inet_pton(family, address)
-                except OSError:
-                    continue
-                return cls(int.from_bytes(packed, "big"))
+    for family, bits, cls in _FAMILIES:
+        parsed = _packed(text, family, bits)
+        if parsed is not None:
+            return cls(parsed[0])
     return ipaddress.ip_interface(text).ip
 
 
@@ -141,15 +148,8 @@ _FAMILIES: tuple[tuple[int, int, type[ipaddress.IPv4Address | ipaddress.IPv6Addr
 def _v6_network(text: str) -> ipaddress.IPv6Network:
     """``ipaddress.IPv6Network(text)`` (strict), the address parsed by the C library
     (a snapshot of 1,000 hosts has 1,000 prefixes); anything unusual the slow way."""
-    address, slash, length = text.partition("/")
-    if slash and length.isdigit() and len(length) <= 3:
-        try:
-            packed = socket.inet_pton(socket.AF_INET6, address)
-        except OSError:
-            pass
-        else:
-            return ipaddress.IPv6Network((int.from_bytes(packed, "big"), int(length)))
-    return ipaddress.IPv6Network(text)
+    parsed = _packed(text, socket.AF_INET6, 128)
+    return ipaddress.IPv6Network(parsed if parsed is not None else text)
 
 
 def _index_resources(
@@ -391,7 +391,7 @@ def _wanted_ids(
     edges: frozenset[str],
 ) -> list[tuple[str, str]]:
     """(kind, id) of every host-level resource ``_host_resources`` wants on ``host``, the
-    kind as text (a StrEnum hashes by a Python call), in address order (the no-ops made
+    kind as text (as summaries and addresses hold it), in address order (the no-ops made
     from them come nearly sorted); ``announced``: :func:`_announced`."""
     fleet = world.fleet
     out: list[tuple[str, str]] = []
@@ -439,10 +439,7 @@ def _host_resources(
                 wanted_ids = [(k, i) for k, i in wanted_ids if k in supported]
             at = f"host.{host}/"
             acc.noops += [
-                P.noop(f"{at}{k}[{i}]", _NOOP_PARTS[k][0] + i + _NOOP_PARTS[k][1])
-                if k in _ID_NOOPS
-                else P.noop(f"{at}{k}[{i}]", _NOOP_FIXED[k])
-                for k, i in wanted_ids
+                P.noop(f"{at}{k}[{i}]", _NOOP_BY_TEXT[k].replace("{id}", i)) for k, i in wanted_ids
             ]
             continue
         wanted: list[desired.Desired] = []
@@ -507,12 +504,7 @@ _NOOP_TEXT = {
     Kind.WIREGUARD: "mesh interface and peers up to date",
     Kind.BGP: "BIRD config up to date",
 }
-# _NOOP_TEXT by kind text, "{id}" split out: (before, after) for the kinds that name it
-_NOOP_PARTS = {
-    k.value: tuple(text.split("{id}")) for k, text in _NOOP_TEXT.items() if "{id}" in text
-}
-_ID_NOOPS = frozenset(_NOOP_PARTS)
-_NOOP_FIXED = {k.value: text for k, text in _NOOP_TEXT.items() if "{id}" not in text}
+_NOOP_BY_TEXT = {k.value: text for k, text in _NOOP_TEXT.items()}  # by the kind's text
 _DESTROY_TEXT = {
     Kind.IMAGE: "no machine on the host uses it",
     Kind.ROUTE: "app {app} is no longer served at the edge",

@@ -164,18 +164,10 @@ def place(
         reasons = []
         for host_name in where:
             h = fleet_hosts[host_name]
-            room = free[host_name]
-            if (  # the common case, at once: ineligible() says "" and it fits
-                h.region == slot.region
-                and not h.cordoned
-                and not app.placement.host_labels
-                and room.fits(need)
-            ):
-                room.take(need, slot.app)
-                hosts[slot_id] = host_name
-                kept = True
-                break
-            why = ineligible(h, app, slot.region)
+            if h.region == slot.region and not h.cordoned and not app.placement.host_labels:
+                why = ""  # what ineligible() says here, without a call per slot
+            else:
+                why = ineligible(h, app, slot.region)
             if not why and not free[host_name].fits(need):
                 why = f"host {host_name} has no room for the new size"
             if why:

@@ -115,7 +115,7 @@ class PooledSpec(Mapping[str, Json]):
             raise self._bad() from None
         made = pool.made.get(n)
         if made is None:
-            if not 0 <= n < len(pool.lists) or type(pool.lists[n]) is not str:
+            if not 0 <= n < len(pool.lists):  # each a string: read() checks
                 raise self._bad()
             made = pool.made[n] = [self._item(i) for i in pool.lists[n].split()]
         return made
