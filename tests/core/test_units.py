@@ -524,7 +524,8 @@ def test_lists_of_objects_are_pooled_item_by_item() -> None:
     "text",
     ["198.51.100.10/32", "2001:db8:100::a/128", "192.0.2.4/33", "192.0.2.4/255.255.255.0",
      "192.0.2.04/32", "192.0.2.4", "::1/129", "fd00::1%e/64", "192.0.2.4/08",
-     "::ffff:192.0.2.4/128", "fd00::/64", "fd00::1/64", "FD00:0:0:1::/064", "fd00::/ 64", "x/64", "fd00::/-1"],
+     "::ffff:192.0.2.4/128", "fd00::/64", "fd00::1/64", "FD00:0:0:1::/064", "fd00::/ 64",
+     "x/64", "fd00::/-1"],
 )  # fmt: skip
 def test_the_planners_address_parsers_agree_with_ipaddress(text: str) -> None:
     """The planner parses reported prefixes with inet_pton: same results, same refusals."""
