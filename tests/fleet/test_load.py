@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import shutil
 import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -97,6 +98,41 @@ def test_dirty_work_tree_is_marked(repo: Path) -> None:
         .replace("2001:db8:100::40", "2001:db8:100::41")
     )
     assert load.load(repo / "fleet").origin.dirty is True
+
+
+def test_dirty_means_a_change_under_the_fleet_directory_only(repo: Path) -> None:
+    head = git(repo, "rev-parse", "HEAD")
+    (repo / "README.md").write_text("edited outside the fleet\n")
+    (repo / "notes.txt").write_text("untracked outside the fleet\n")
+    loaded = load.load(repo / "fleet")
+    assert (loaded.origin.commit, loaded.origin.dirty) == (head, False)
+    hello = repo / "fleet" / "apps" / "hello.yaml"
+    hello.write_text(hello.read_text().replace("hello:1.0", "hello:1.1"))
+    git(repo, "add", "fleet/apps/hello.yaml")  # staged, not committed
+    assert load.load(repo / "fleet").origin.dirty is True
+
+
+def test_a_repository_without_commits_is_dirty_with_no_commit(tmp_path: Path) -> None:
+    shutil.copytree(EXAMPLES, tmp_path / "fleet")
+    git(tmp_path, "init", "-q", "-b", "main")
+    loaded = load.load(tmp_path / "fleet")
+    assert (loaded.origin.commit, loaded.origin.dirty) == (None, True)
+
+
+def test_reading_the_work_tree_state_does_not_import_gitpython(repo: Path) -> None:
+    # gitpython costs ~80 ms to import: plan and apply from a work tree run git once instead
+    code = (
+        "import sys; from fleet import load; o = load.load(sys.argv[1]).origin; "
+        "print(o.commit, o.dirty, 'git' in sys.modules)"
+    )
+    out = subprocess.run(
+        [sys.executable, "-c", code, str(repo / "fleet")],
+        capture_output=True,
+        text=True,
+        check=True,
+        cwd=ROOT,
+    ).stdout.split()
+    assert out == [git(repo, "rev-parse", "HEAD"), "False", "False"]
 
 
 def test_unknown_ref_is_one_clear_error(repo: Path) -> None:
