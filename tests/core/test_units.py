@@ -205,7 +205,11 @@ def test_diff_of_changed_keys_only_equals_deepdiff_of_whole_specs(
     before: dict[str, object], after: dict[str, object]
 ) -> None:
     kind = resources.Kind.MACHINE
-    whole = diff._deepdiff(before, after, kind, resources.rules(kind))
+    rules = resources.rules(kind)
+    whole = [
+        diff.DiffItem(p, b, a, rules.effect(p))
+        for p, b, a in diff._deepdiff((), before, after, kind)
+    ]
     expected = sorted(whole, key=lambda i: [str(p) for p in i.path])
     assert list(diff.diff(before, after, kind)) == expected
 
@@ -474,11 +478,23 @@ def test_deepdiff_is_loaded_without_pydantic() -> None:
     # passes any, and the import was half of deepdiff's (reconciler/imports.py).
     code = (
         "import sys; from reconciler.core import diff; "
-        "diff._deepdiff({'a': {'b': 1}}, {'a': {'b': 2}}, 'route', diff.resources.rules('route')); "
+        "diff.diff({'a': [1, 2]}, {'a': [1, 3]}, 'route'); "
         "print('deepdiff' in sys.modules, 'pydantic' in sys.modules)"
     )
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
     assert out.stdout.split() == ["True", "False"]
+
+
+def test_a_change_outside_lists_is_found_without_importing_deepdiff() -> None:
+    # a one-route change (hard_limit -> each server's maxconn) is nested mappings only
+    code = (
+        "import sys; from reconciler.core import diff; "
+        "items = diff.diff({'r': {'s': {'maxconn': 25, 'w': [1]}}}, "
+        "{'r': {'s': {'maxconn': 26, 'w': [1]}}}, 'route'); "
+        "print([i.dotted for i in items], 'deepdiff' in sys.modules)"
+    )
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert out.stdout.strip() == "['r.s.maxconn'] False"
 
 
 def test_lists_of_objects_are_pooled_item_by_item() -> None:
