@@ -146,19 +146,30 @@ class Agent:
         actions = request.get("actions")
         if not isinstance(actions, list):
             raise AgentError("request", "actions must be a list")
+        record = request.get("record_inputs")
+        if record is not None and not (
+            isinstance(record, dict)
+            and isinstance(record.get("digest"), str)
+            and (actions or type(record.get("generation")) is int)
+        ):
+            raise AgentError(
+                "request", "record_inputs needs a digest (and a generation, without actions)"
+            )
         results = [self._one(action, sink) for action in actions]
+        generation = self.inventory.read().generation
         answer: dict[str, Json] = {
             "protocol_version": PROTOCOL_VERSION,
             "host": self.facts.host,
-            "generation": self.inventory.read().generation,
+            "generation": generation,
             "results": results,
         }
-        record = request.get("record_inputs")
-        if isinstance(record, dict) and not actions:
-            digest, generation = record.get("digest"), record.get("generation")
-            if not isinstance(digest, str) or type(generation) is not int:
-                raise AgentError("request", "record_inputs needs a digest and a generation")
-            answer["inputs_recorded"] = self.inventory.record_inputs(digest, generation)
+        if record is not None:
+            # With actions: kept at the generation they left, if every one succeeded
+            # (the reconciler sends it with a host's last step: no extra round trip).
+            ok = all(r["outcome"] in ("ok", "already") for r in results)
+            answer["inputs_recorded"] = ok and self.inventory.record_inputs(
+                record["digest"], generation if actions else record["generation"]
+            )
         return {"result": answer}
 
     def _one(self, raw: Json, sink: Sink) -> dict[str, Json]:

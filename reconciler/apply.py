@@ -107,16 +107,36 @@ class _Run:
         self.auto_revert = {r.app: r.auto_revert for r in plan.rollouts}
         self.stop: threading.Event | None = None
         self.generations: dict[str, int] = {}  # host -> the latest generation it answered
+        self.steps_on: dict[str, int] = defaultdict(int)  # host -> how many steps the plan has
+        for s in plan.steps:
+            self.steps_on[s.host] += 1
+        self.recorded: set[str] = set()  # hosts that answered on the digest sent with a step
 
     def _client(self, host: str) -> protocol.HostClient:
         return self.clients(host)
 
-    def _send(self, step: P.Step) -> protocol.Result:
-        client = self._client(step.host)
-        results = client.apply([protocol.Action.of(step)], lambda e: self.on_event(step.host, e))
+    def _send(self, step: P.Step, record: str | None = None) -> protocol.Result:
+        results = self._client(step.host).apply(
+            [protocol.Action.of(step)], lambda e: self.on_event(step.host, e), record
+        )
         if len(results) != 1 or results[0].action != step.id:
             raise HostError(step.host, "agent answered for other actions", action=step.id)
         return results[0]
+
+    def _digest_with(self, step: P.Step) -> str | None:
+        """The host's inputs digest if ``step`` is its last and all its others succeeded here.
+
+        Sent with the step, the agent keeps it once the step succeeds: the
+        round trip :meth:`_record_inputs` would make after the run is saved (a
+        one-route change touches every host once). Not after a resume, nor on a
+        host where anything failed, was refused or deferred (see there).
+        """
+        hr = self.report.hosts[step.host]
+        if hr.failed or hr.refused or hr.deferred:
+            return None
+        if len(hr.succeeded) != self.steps_on[step.host] - 1:  # (steps resumed not counted)
+            return None
+        return self.plan.inputs.get(step.host)
 
     def _finish(self, step: P.Step, result: protocol.Result | BaseException) -> None:
         hr = self.report.hosts[step.host]
@@ -132,6 +152,8 @@ class _Run:
         if result.generation is not None:
             seen = self.generations.get(step.host, result.generation)
             self.generations[step.host] = max(seen, result.generation)
+        if result.inputs_recorded is not None:
+            self.recorded.add(step.host)
         if result.outcome.succeeded:
             self._set(step, base.Status.DONE, result.etag, result.outcome.value)
             hr.succeeded.append(step.id)
@@ -191,7 +213,7 @@ class _Run:
                         and per_host[s.host] < self.per_host
                     ):
                         self._set(s, base.Status.STARTED, None, "")
-                        in_flight[pool.submit(self._send, s)] = s
+                        in_flight[pool.submit(self._send, s, self._digest_with(s))] = s
                         per_host[s.host] += 1
                         progressed = True
                     else:
@@ -226,6 +248,8 @@ class _Run:
             on_host[s.host].append(s.id)
         todo: list[tuple[str, str, int]] = []
         for host, digest in sorted(self.plan.inputs.items()):
+            if host in self.recorded:  # sent with its last step, which answered on it
+                continue
             hr = self.report.hosts.get(host)
             if hr is not None and (hr.failed or hr.refused or hr.deferred or hr.reverted):
                 continue

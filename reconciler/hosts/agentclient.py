@@ -199,9 +199,14 @@ class AgentClient:
         return observed.host_from_json(raw, expect_host=self.name)
 
     def apply(
-        self, actions: Sequence[protocol.Action], on_event: protocol.EventSink
+        self,
+        actions: Sequence[protocol.Action],
+        on_event: protocol.EventSink,
+        record: str | None = None,
     ) -> list[protocol.Result]:
         request = protocol.request_to_json(self.name, secrets.token_hex(16), actions)
+        if record is not None:
+            request["record_inputs"] = {"digest": record}
         results: list[protocol.Result] = []
 
         def on_line(line: str) -> None:
@@ -264,6 +269,7 @@ class AgentClient:
 def _results(host: str, raw: dict[str, Json]) -> list[protocol.Result]:
     out = []
     generation = raw.get("generation")
+    recorded = raw.get("inputs_recorded")
     for item in raw.get("results") or []:
         try:
             outcome = protocol.Outcome(item["outcome"])
@@ -276,6 +282,7 @@ def _results(host: str, raw: dict[str, Json]) -> list[protocol.Result]:
                 item.get("etag"),
                 str(item.get("message", "")),
                 generation if type(generation) is int else None,
+                recorded if type(recorded) is bool else None,
             )
         )
     return out

@@ -141,7 +141,10 @@ class MemoryHost:
     # -------------------------------------------------------------- apply
 
     def apply(
-        self, actions: Sequence[protocol.Action], on_event: protocol.EventSink
+        self,
+        actions: Sequence[protocol.Action],
+        on_event: protocol.EventSink,
+        record: str | None = None,
     ) -> list[protocol.Result]:
         if self.behaviour.unreachable:
             raise HostUnreachable(self._name, self.behaviour.unreachable)
@@ -153,7 +156,13 @@ class MemoryHost:
                 results.append(dataclasses.replace(result, generation=self.generation))
             finally:
                 self.meter.leave(self._name)
-        return results
+        if record is None:
+            return results
+        # kept at the generation the actions left, as the agent does
+        kept = all(r.outcome.succeeded for r in results) and self.record_inputs(
+            record, self.generation
+        )
+        return [dataclasses.replace(r, inputs_recorded=kept) for r in results]
 
     def _sleep(self, seconds: float) -> None:
         if seconds > 0 and self.behaviour.time_scale > 0:

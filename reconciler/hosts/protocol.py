@@ -86,6 +86,9 @@ class Result:
     etag: str | None = None  # after the action; for ``refused`` the current etag
     message: str = ""
     generation: int | None = None  # the host's inventory generation after the answer
+    # whether the host kept the inputs digest sent with the request (``record``):
+    # None when none was sent or the agent did not say (an agent before this field)
+    inputs_recorded: bool | None = None
 
 
 EventSink = Callable[[Event], None]
@@ -101,8 +104,16 @@ class HostClient(Protocol):
         """The host's inventory; raises :class:`~fleet.errors.HostError` if it cannot."""
         ...
 
-    def apply(self, actions: Sequence[Action], on_event: EventSink) -> list[Result]:
-        """Run ``actions`` in order, streaming events; one result per action."""
+    def apply(
+        self, actions: Sequence[Action], on_event: EventSink, record: str | None = None
+    ) -> list[Result]:
+        """Run ``actions`` in order, streaming events; one result per action.
+
+        ``record``: an inputs digest for the host to keep once every action
+        succeeded, at the generation they leave (what :meth:`record_inputs`
+        does, without its round trip); each result's ``inputs_recorded`` says
+        whether it did.
+        """
         ...
 
     def record_inputs(self, digest: str, generation: int) -> bool:

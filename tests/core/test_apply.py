@@ -184,10 +184,10 @@ def test_second_concurrent_apply_is_refused_with_the_holder(
     gate_host = hosts.hosts["ams-1"]
     original = gate_host.apply
 
-    def slow_apply(actions, on_event):  # type: ignore[no-untyped-def]
+    def slow_apply(actions, on_event, record=None):  # type: ignore[no-untyped-def]
         started.set()
         release.wait(10)
-        return original(actions, on_event)
+        return original(actions, on_event, record)
 
     gate_host.apply = slow_apply  # type: ignore[method-assign]
     p = support.plan(fleet, hosts)

@@ -17,6 +17,7 @@ import pytest
 from fleet import compile as fleet_compile
 from fleet import model
 from fleet.errors import FleetError, ProtocolError
+from reconciler import apply
 from reconciler.core import observed, planfile, planner, snapfile
 from reconciler.core import plan as P
 from reconciler.hosts import memory
@@ -147,6 +148,55 @@ def test_an_app_change_changes_the_digest_of_exactly_its_hosts_and_the_edges(
     plan, parsed = _planned_through_skip(changed, hosts.observe_all(), monkeypatch)
     assert parsed == sorted(on | set(EDGES))
     assert plan.changes and {c.app for c in plan.changes} == {app, None}  # None: its image
+
+
+class _Spy:
+    """A host client that notes which steps carried a digest and every separate record."""
+
+    def __init__(self, host: memory.MemoryHost, log: list[tuple[str, str, str | None]]) -> None:
+        self.host, self.log = host, log
+        self.name = host.name
+
+    def observe(self) -> observed.HostObservation:
+        return self.host.observe()
+
+    def apply(self, actions: Any, on_event: Any, record: str | None = None) -> Any:
+        self.log.append(("apply", actions[0].id, record))
+        return self.host.apply(actions, on_event, record)
+
+    def record_inputs(self, digest: str, generation: int) -> bool:
+        self.log.append(("record", self.name, digest))
+        return self.host.record_inputs(digest, generation)
+
+
+def test_the_digest_goes_with_each_hosts_last_step_not_in_a_round_trip_of_its_own(
+    tmp_path: Path,
+) -> None:
+    fleet = support.load(support.fleet_dir(tmp_path, _edges))
+    hosts = support.hosts_for(fleet)
+    plan = support.plan(fleet, hosts)
+    log: list[tuple[str, str, str | None]] = []
+    clients = {name: _Spy(host, log) for name, host in hosts.hosts.items()}
+    report = apply.apply(
+        plan,
+        "t",
+        clients=clients.__getitem__,
+        state=sqlite.SqliteBackend(str(tmp_path / "s.db")),
+        per_host=1,  # (a host's last step sent while another of its is in flight takes none)
+    )
+    assert report.ok
+    by_id = {s.id: s for s in plan.steps}
+    with_steps = {s.host for s in plan.steps}
+    separate = {host for kind, host, _ in log if kind == "record"}
+    assert with_steps and not separate & with_steps  # no extra round trip where a step went
+    assert separate == set(plan.inputs) - with_steps  # (a host without steps: one of its own)
+    for host, digest in plan.inputs.items():
+        sent = [(sid, d) for kind, sid, d in log if kind == "apply" and by_id[sid].host == host]
+        if not sent:
+            continue
+        # only the host's last step carried it (steps earlier on the host: none)
+        assert [d for _, d in sent] == [None] * (len(sent) - 1) + [digest], host
+    assert all(o.inputs == plan.inputs[n] for n, o in hosts.observe_all().hosts.items())
 
 
 def test_no_digest_is_recorded_where_a_step_failed(tmp_path: Path) -> None:

@@ -250,6 +250,39 @@ def _record(agent: Agent, digest: str, generation: int) -> dict[str, Any]:
     return result
 
 
+def test_a_digest_sent_with_actions_is_kept_once_they_all_succeed(
+    setup: tuple[Agent, Recorder, Clock],
+) -> None:
+    agent, rec, _ = setup
+    observe = {"protocol_version": 1, "host": "ams-1"}
+
+    def with_digest(digest: str, *actions: dict[str, Any]) -> dict[str, Any]:
+        request = {
+            "protocol_version": 1,
+            "host": "ams-1",
+            "actions": list(actions),
+            "record_inputs": {"digest": digest},
+        }
+        result: dict[str, Any] = agent.apply(request, lambda _e: None)["result"]
+        return result
+
+    # kept at the generation the actions left: no second request needed
+    answer = with_digest("inputs:one", action("a1", "create", "e1", None))
+    assert answer["results"][0]["outcome"] == "ok" and answer["inputs_recorded"] is True
+    now = agent.observe(observe)
+    assert now["inputs_digest"] == "inputs:one" and now["generation"] == answer["generation"]
+    # an action that fails keeps none (and voids none it did not change)
+    rec.fail_with = RuntimeError("disk full")
+    answer = with_digest("inputs:two", action("a2", "update", "e2", "e1"))
+    assert answer["results"][0]["outcome"] == "failed" and answer["inputs_recorded"] is False
+    assert agent.observe(observe)["inputs_digest"] != "inputs:two"
+    with pytest.raises(AgentError, match="record_inputs needs a digest"):
+        agent.apply(
+            {"protocol_version": 1, "host": "ams-1", "actions": [], "record_inputs": {"x": 1}},
+            lambda _e: None,
+        )
+
+
 def test_the_inputs_digest_is_kept_until_anything_changes_the_inventory(
     setup: tuple[Agent, Recorder, Clock],
 ) -> None:
