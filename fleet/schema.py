@@ -9,11 +9,10 @@ JSON path such as ``spec.services[0].internal_port``. A subschema may carry an
 
 from __future__ import annotations
 
-import difflib
 import functools
 import json
 from collections.abc import Iterator, Sequence
-from importlib import resources
+from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from fleet import fastschema
@@ -42,8 +41,13 @@ _TYPE_NAMES = {
 }
 
 
+# Next to this module (package data): importlib.resources would import zipfile,
+# tempfile and random (~30 ms) into every command that loads a fleet.
+_SCHEMAS = Path(__file__).resolve().with_name("schemas")
+
+
 def schema_text(name: str) -> str:
-    return (resources.files("fleet") / "schemas" / name).read_text(encoding="utf-8")
+    return (_SCHEMAS / name).read_text(encoding="utf-8")
 
 
 @functools.cache
@@ -241,5 +245,7 @@ def _show(value: Any) -> str:
 
 
 def _suggest(key: str, allowed: dict[str, Any]) -> str:
+    import difflib  # noqa: PLC0415  # only for a document that fails: a suggestion
+
     close = difflib.get_close_matches(key, list(allowed), n=1, cutoff=0.75)
     return f" (did you mean {close[0]!r}?)" if close else ""
