@@ -214,7 +214,8 @@ def _work_tree_state(path: str | os.PathLike[str]) -> tuple[str | None, bool]:
         return None, False
     try:
         out = subprocess.run(
-            ["git", "status", "--porcelain=v2", "--branch", "--untracked-files=normal", "-z", "."],
+            # (no optional locks: a plan never holds up the operator's own git commands)
+            ["git", "--no-optional-locks", "status", "--porcelain=v2", "--branch", "-z", "."],
             cwd=path,
             capture_output=True,
             check=False,
