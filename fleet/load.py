@@ -26,6 +26,15 @@ from fleet import build, ignore, model, schema, semantics, yamlsrc
 from fleet.errors import FleetError, Location, ModelError, ModelErrors
 
 SUFFIXES = (".yaml", ".yml")
+GIT_STATUS = (
+    "git",
+    "--no-optional-locks",
+    "status",
+    "--porcelain=v2",
+    "--branch",
+    "-unormal",
+    "-z",
+)
 
 
 @dataclass(frozen=True, slots=True)
@@ -214,8 +223,9 @@ def _work_tree_state(path: str | os.PathLike[str]) -> tuple[str | None, bool]:
         return None, False
     try:
         out = subprocess.run(
-            # (no optional locks: a plan never holds up the operator's own git commands)
-            ["git", "--no-optional-locks", "status", "--porcelain=v2", "--branch", "-z", "."],
+            # no optional locks: a plan never holds up the operator's own git commands;
+            # -unormal: untracked files count whatever status.showUntrackedFiles says
+            [*GIT_STATUS, "."],
             cwd=path,
             capture_output=True,
             check=False,

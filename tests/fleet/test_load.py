@@ -89,6 +89,7 @@ def test_git_ref_reads_the_commit_not_the_work_tree(repo: Path) -> None:
 
 
 def test_dirty_work_tree_is_marked(repo: Path) -> None:
+    git(repo, "config", "status.showUntrackedFiles", "no")  # an untracked file counts anyway
     assert load.load(repo / "fleet").origin.dirty is False
     (repo / "fleet" / "apps" / "extra.yml").write_text(
         (EXAMPLES / "apps" / "echo.yaml")
