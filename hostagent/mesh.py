@@ -103,6 +103,9 @@ class Mesh:
         self.dir = data_dir / "wireguard"
         self.host = host
         self.inventory = inventory
+        # the own prefix this process routed `unreachable` (wgdriver.configure); the
+        # first tick routes it on a host whose interface an older agent made
+        self._unreachable: ipaddress.IPv6Network | None = None
 
     # ------------------------------------------------------------- the key
 
@@ -151,7 +154,9 @@ class Mesh:
             mesh_address=mesh,
             routes=[ipaddress.IPv6Network(str(r)) for r in spec.get("routes") or []],
             source=mesh,
+            unreachable=_own_prefix(spec),
         )
+        self._unreachable = _own_prefix(spec)
 
     def _peers(
         self,
@@ -227,6 +232,9 @@ class Mesh:
                 wgdriver.destroy(iface)
             else:
                 _end(self.state_file)
+            own = _own_prefix(spec)
+            if own is not None:
+                wgdriver.drop_unreachable(own)
             emit("mesh", f"{name} removed")
 
     def observe(self, rid: str, spec: Mapping[str, Json]) -> H.Observed:
@@ -267,11 +275,22 @@ class Mesh:
             return []
         created, ops = self._ensure(entry.spec, entry.spec, "repair")
         done = [f"mesh: recreated {entry.spec['interface']}"] if created else []
+        own = _own_prefix(entry.spec)
+        if own is not None and own != self._unreachable:
+            wgdriver.route_unreachable(own)
+            self._unreachable = own
+            done.append(f"mesh: {own} unreachable where no machine runs")
         if ops:
             done.append(f"mesh: {ops} peer ops to match the last apply")
         for line in done:
             log.info(json.dumps({"event": "mesh", "message": line}))
         return done
+
+
+def _own_prefix(spec: Mapping[str, Json]) -> ipaddress.IPv6Network | None:
+    """The host's /64: its machines' addresses, refused when no machine holds one."""
+    prefix = spec.get("prefix")
+    return ipaddress.IPv6Network(str(prefix)) if prefix else None
 
 
 def _base(spec: Mapping[str, Json]) -> dict[str, Json]:

@@ -116,12 +116,21 @@ def configure(
     mesh_address: ipaddress.IPv6Address,
     routes: Iterable[ipaddress.IPv6Network],
     source: ipaddress.IPv6Address | None = None,
+    unreachable: ipaddress.IPv6Network | None = None,
 ) -> None:
     """Key and port, the mesh address (/128, no DAD), link up, routes into the interface.
 
     Idempotent: addresses and routes are ``replace``d. The routes are normally
     the fleet's /48 alone (see :mod:`providers.network.addressing`); ``source``
     (normally the mesh address) is the source the host's own packets take.
+
+    ``unreachable`` (normally the host's own /64) is routed so. Each
+    running machine has its /128 to its tap, which goes with the tap when the
+    machine stops; without this, its address would fall to the /48, into the
+    interface, where no peer takes it, and every connect to a stopped machine
+    (a proxy's, a health check's, from this host or over the mesh) would wait
+    for its timeout. Now it fails at once: "no route" here, an ICMPv6
+    unreachable to the hosts that sent it over the mesh.
     """
     ns = iface.netns
     netexec.run(
@@ -136,6 +145,18 @@ def configure(
     src = ["src", str(source)] if source is not None else []
     for route in routes:
         netexec.run(["ip", "-6", "route", "replace", str(route), "dev", iface.name, *src], netns=ns)
+    if unreachable is not None:
+        route_unreachable(unreachable, ns)
+
+
+def route_unreachable(prefix: ipaddress.IPv6Network, netns: str | None = None) -> None:
+    """Route ``prefix`` ``unreachable`` (see :func:`configure`); idempotent."""
+    netexec.run(["ip", "-6", "route", "replace", "unreachable", str(prefix)], netns=netns)
+
+
+def drop_unreachable(prefix: ipaddress.IPv6Network, netns: str | None = None) -> None:
+    """Take away :func:`route_unreachable`'s route (the host leaves the mesh)."""
+    netexec.run(["ip", "-6", "route", "del", "unreachable", str(prefix)], netns=netns, check=False)
 
 
 def observe_command(iface: WgInterface) -> list[str]:

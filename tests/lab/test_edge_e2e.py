@@ -204,6 +204,15 @@ def test_hundred_requests_to_a_stopped_machine_start_it_exactly_once(fleet: Flee
     agent = "/var/lib/fleet-agent/current/bin/fleet-agent"
     name = victim["status"]["runtime"]["machine"]
     fleet.lab.exec(host, agent, "machine", "stop", name)
+    # its address is refused at once (the host's /64 is routed `unreachable` where no
+    # machine runs), here and over the mesh, instead of timing out in WireGuard
+    address, port = victim["spec"]["address"], victim["spec"]["services"][0]["internal_port"]
+    for asker in (host, "sea-1"):
+        began = time.monotonic()
+        refused = fleet.lab.exec(
+            asker, "curl", "-s", "-m", "3", f"http://[{address}]:{port}/", check=False
+        )
+        assert refused.returncode == 7 and time.monotonic() - began < 2.5, (asker, refused)
     log = "/var/lib/fleet-agent/serve.log"
     before = fleet.lab.exec(
         host, "grep", "-c", "waker: starting a machine", log, check=False

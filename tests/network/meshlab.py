@@ -57,6 +57,7 @@ class Mesh:
             listen_port=PORT,
             mesh_address=addressing.mesh_address(prefix),
             routes=[addressing.fleet_prefix(self.world)],
+            unreachable=prefix,  # as the agent does: its own /64
         )
         self.ifaces[host] = iface
         self.applied[host] = {}

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import subprocess
 import time
 from pathlib import Path
 
@@ -42,6 +43,40 @@ def test_machines_on_two_hosts_reach_each_other_over_the_mesh(
         assert observed.public_key == mesh.keys[host]
     # Nothing to do on a second pass.
     assert mesh.sync_all() == {"h1": 0, "h2": 0}
+
+
+def test_an_address_of_the_host_that_no_machine_holds_is_refused_at_once(
+    netlab: NetLab, tmp_path: Path
+) -> None:
+    # A stopped machine's tap (and its /128) is gone: without the `unreachable`
+    # route for the host's /64, its address falls to the /48, into the mesh, where
+    # no peer takes it, and a proxy's connect to it waits for its timeout.
+    mesh = Mesh.build(netlab, tmp_path, hosts=2)
+    mesh.sync_all()
+    fleet48 = addressing.fleet_prefix(mesh.world)
+    prefix = mesh.world.host_prefixes["h1"]
+    running = addressing.machine_address(prefix, "web/ams#1")
+    netlab.add_machine(mesh.nodes["h1"], "m1", running, fleet48)
+    stopped = addressing.machine_address(prefix, "web/ams#2")
+
+    def connect(node: str, address: object) -> tuple[int, float]:
+        """curl's exit status (7: refused/unreachable, 28: timed out) and how long it took."""
+        began = time.monotonic()
+        curl = ["curl", "-s", "-m", "3", f"http://[{address}]:8080/"]
+        ns = mesh.nodes[node].netns
+        done = subprocess.run(["ip", "netns", "exec", ns, *curl], capture_output=True, check=False)
+        return done.returncode, time.monotonic() - began
+
+    for node in ("h1", "h2"):  # on the machine's host, and over the mesh
+        status, took = connect(node, stopped)
+        assert status == 7 and took < 1.5, (node, status, took)
+    ping(mesh, "h2", "h1")  # the host itself is still reached...
+    out = mesh.nodes["h2"].run("ping", "-6", "-c1", "-W2", str(running))
+    assert "1 received" in out  # ...and so is a running machine (its /128 wins)
+    # Without the route, the same connect times out: what this route is for.
+    mesh.nodes["h1"].run("ip", "-6", "route", "del", "unreachable", str(prefix))
+    status, took = connect("h2", stopped)
+    assert status == 28 and took >= 2.5, (status, took)
 
 
 def test_adding_a_host_is_one_peer_op_per_host_and_does_not_interrupt_a_stream(
