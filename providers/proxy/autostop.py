@@ -20,10 +20,13 @@ from __future__ import annotations
 
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
 from fleet import model
-from providers.proxy import runtime
 from providers.proxy import table as t
+
+if TYPE_CHECKING:  # the planner imports this module: not HAProxy's runtime API client
+    from providers.proxy import runtime
 
 
 @dataclass(frozen=True, slots=True)
