@@ -12,6 +12,9 @@ Every step is journaled (``started`` before sending, the outcome after), keyed
 by the plan's digest; applying the same plan again resumes: ``done`` steps are
 skipped and the rest sent again, which the agent's idempotence makes safe.
 The report aggregates per host: succeeded, failed, refused, deferred/skipped.
+After the steps it waits (bounded, all hosts at once) until the edges announce
+the announcements it created or changed (:mod:`reconciler.settle`), so that
+"complete" means the edges have joined.
 """
 
 from __future__ import annotations
@@ -25,6 +28,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from fleet.errors import HostError, HostUnreachable, StateError
+from reconciler import settle
 from reconciler.core import plan as P
 from reconciler.core import rollout
 from reconciler.hosts import protocol
@@ -44,6 +48,7 @@ class HostReport:
     refused: list[tuple[str, str]] = field(default_factory=list)  # (step, current etag)
     deferred: list[tuple[str, str]] = field(default_factory=list)  # not run, and why
     reverted: list[str] = field(default_factory=list)
+    unannounced: list[str] = field(default_factory=list)  # not exported by the end (settle)
 
 
 @dataclass(slots=True)
@@ -70,6 +75,7 @@ class Report:
                     "refused": [{"step": s, "current_etag": e} for s, e in r.refused],
                     "deferred": [{"step": s, "reason": m} for s, m in r.deferred],
                     "reverted": r.reverted,
+                    "unannounced": r.unannounced,
                 }
                 for name, r in sorted(self.hosts.items())
             },
@@ -102,6 +108,7 @@ class _Run:
         self.parallelism = max(1, parallelism)
         self.per_host = max(1, per_host)
         self.on_event = on_event
+        self.settle_s = settle.TIMEOUT_S
         self.report = Report(apply_id)
         self.status: dict[str, base.Status] = {}
         self.auto_revert = {r.app: r.auto_revert for r in plan.rollouts}
@@ -233,7 +240,31 @@ class _Run:
                         self._finish(s, exc)
         self._revert()
         self._record_inputs()
+        self._settle()
         return self.report
+
+    def _settle(self) -> None:
+        """Wait until the edges announce what this apply created or changed (bounded)."""
+        done = [s for s in self.plan.steps if self.status.get(s.id) is base.Status.DONE]
+        want = settle.wanted(done)
+        for host, ids in sorted(want.items()):
+            told = ", ".join(sorted(ids))
+            self.on_event(
+                host, protocol.Event("announcements", "waiting", f"to be announced: {told}")
+            )
+
+        def announced(host: str, rid: str) -> None:
+            self.on_event(host, protocol.Event(f"announcement[{rid}]", "announced", ""))
+
+        left = settle.wait(
+            want,
+            self._client,
+            parallelism=self.parallelism,
+            timeout=self.settle_s,
+            on_announced=announced,
+        )
+        for host, still in left.items():
+            self.report.hosts[host].unannounced.extend(still)
 
     def _record_inputs(self) -> None:
         """Record the plan's inputs digest on each host where all of it is done.
@@ -314,6 +345,7 @@ def apply(
     trigger: str = "",
     held: base.LockInfo | None = None,
     stop: threading.Event | None = None,
+    settle_s: float = settle.TIMEOUT_S,
 ) -> Report:
     """Apply ``plan`` (whose digest is ``apply_id``) under the state lock; return the report.
 
@@ -321,7 +353,8 @@ def apply(
     already holds the lock (GitOps plans under it, so that its plan is never
     stale) passes it as ``held`` and keeps it afterwards. Once ``stop`` is set
     no new step starts; steps in flight finish and are journaled, the rest are
-    deferred, so the journal stays consistent on shutdown.
+    deferred, so the journal stays consistent on shutdown. ``settle_s`` bounds
+    the wait for new announcements after the steps (:mod:`reconciler.settle`).
     """
     lock = held
     if lock is None:
@@ -340,6 +373,7 @@ def apply(
             on_event=on_event,
         )
         run.stop = stop
+        run.settle_s = settle_s
         report = run.run()
         state.finish_apply(apply_id, "ok" if report.ok else "incomplete", report.to_json())
         return report
@@ -360,6 +394,11 @@ def summary_lines(report: Report) -> list[str]:
         lines += [f"  failed   {s}: {m}" for s, m in r.failed]
         lines += [f"  refused  {s}: etag is now {e}" for s, e in r.refused]
         lines += [f"  deferred {s}: {m}" for s, m in r.deferred]
+        lines += [
+            f"  not announced yet {rid}: this edge reaches no healthy machine of the app "
+            "(it announces once its health gate passes for the hold-down)"
+            for rid in r.unannounced
+        ]
     for app, why in sorted(report.halted.items()):
         lines.append(f"app {app} halted: {why}")
     if report.resumed:

@@ -68,6 +68,8 @@ class Behaviour:
     unreachable: str | None = None
     unhealthy_images: set[str] = dataclasses.field(default_factory=set)
     fail_actions: dict[str, str] = dataclasses.field(default_factory=dict)  # step id -> message
+    # apps whose announcement this host does not export (it reaches no healthy machine)
+    unannounced: set[str] = dataclasses.field(default_factory=set)
 
 
 class MemoryHost:
@@ -205,9 +207,15 @@ class MemoryHost:
         etag = a.etag or (current.etag if current else "")
         if a.kind is Kind.MACHINE:
             return self._boot(a, key=key, spec=spec, etag=etag, current=current, emit=emit)
+        status = observed.Status()
+        if a.kind is Kind.ANNOUNCEMENT:  # exported at once, as an agent's after the hold-down
+            exported = a.resource_id not in self.behaviour.unannounced
+            status = observed.Status(
+                health=observed.Health.PASSING if exported else observed.Health.CRITICAL
+            )
         with self._lock:
             self.items[key] = observed.Resource(
-                a.kind, a.resource_id, observed.OWNER_FLEET, etag, spec, actual=spec
+                a.kind, a.resource_id, observed.OWNER_FLEET, etag, spec, status, actual=spec
             )
             self._changed([a.verb.value, a.kind.value, a.resource_id, etag])
         return protocol.Result(a.id, protocol.Outcome.OK, etag=etag)
@@ -315,6 +323,7 @@ class MemoryHost:
                     "unreachable": b.unreachable,
                     "unhealthy_images": sorted(b.unhealthy_images),
                     "fail_actions": b.fail_actions,
+                    "unannounced": sorted(b.unannounced),
                 },
             }
 
@@ -394,6 +403,7 @@ class MemoryFleet:
                     unreachable=b.get("unreachable"),
                     unhealthy_images=set(b.get("unhealthy_images", [])),
                     fail_actions=dict(b.get("fail_actions", {})),
+                    unannounced=set(b.get("unannounced", [])),
                 ),
                 meter=self.meter,
                 on_change=self.save,
