@@ -268,7 +268,18 @@ class Edge:
             first = with_draining_kept(edge.live, table, asked)
             result = edge.apply(first)
             emit("restored", ", ".join(f"{r}/{s}" for r, s in sorted(restored)))
-            wait_up(edge, restored, max(RESTORE_WAIT_S, *asked.values()))
+            limit = max(RESTORE_WAIT_S, *asked.values())
+            down = wait_up(edge, restored, limit)
+            if down:
+                # Not fatal (the batch's machines passed their own gates, and the announcement
+                # gate withdraws this edge if it is left with no server), but never silent.
+                why = (
+                    f"{', '.join(f'{r}/{s}' for r, s in sorted(down))} not UP on this edge "
+                    f"after {limit:g}s; draining {', '.join(f'{r}/{s}' for r, s in sorted(asked))} "
+                    "anyway"
+                )
+                log.warning("proxy: %s", why)
+                emit("restore-slow", why)
         result = edge.apply(table)
         if result.method is not proxy.Method.NOOP:
             emit(f"proxy-{result.method}", f"{result.reason}: {', '.join(sorted(result.touched))}")
@@ -469,13 +480,19 @@ def with_draining_kept(
     )
 
 
-def wait_up(edge: proxy.EdgeProxy, servers: Collection[tuple[str, str]], timeout: float) -> None:
-    """Wait until HAProxy's checks see these (route, server) UP, at most ``timeout``."""
+def wait_up(
+    edge: proxy.EdgeProxy, servers: Collection[tuple[str, str]], timeout: float
+) -> set[tuple[str, str]]:
+    """Wait until HAProxy's checks see these (route, server) UP, at most ``timeout``.
+
+    Returns the ones still not UP when the time is over (empty: all came up).
+    """
     deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
+    while True:
         up = {(s.backend, s.name) for s in edge.session.stat() if s.status.startswith("UP")}
-        if set(servers) <= up:
-            return
+        missing = set(servers) - up
+        if not missing or time.monotonic() >= deadline:
+            return missing
         time.sleep(DRAIN_POLL_S)
 
 

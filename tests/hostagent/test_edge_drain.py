@@ -131,3 +131,31 @@ def test_the_next_batch_is_drained_only_once_the_restored_server_is_up(
     )  # waited for the restored server's check, not just ams.1's idleness
     assert {get(port)[:3:2] for _ in range(5)} == {(200, b"new\n")}  # served at once, no 503
     assert ("restored", "be_web_0/sea.1") in events
+
+
+@pytest.mark.filterwarnings("ignore::pytest.PytestUnraisableExceptionWarning")
+@pytest.mark.filterwarnings("ignore::ResourceWarning")
+def test_a_restored_server_that_never_comes_up_is_reported_not_waited_on_forever(
+    host_edge: edge.Edge, backends: Backends, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # This edge never sees sea.1's new VM (say the mesh drops its checks): the next batch is
+    # drained after the bound anyway, and the step says so instead of passing in silence.
+    monkeypatch.setattr(edge, "RESTORE_WAIT_S", 1.0)  # the bound is then the kill_timeout
+    local, remote = free_port(), backends.start("remote")
+    port = free_port()
+    servers = (server("sea.1", local), server("ams.1", remote, role=t.Role.REMOTE, region="ams"))
+    served = spec.to_json("web", "sea", [route("web", port, servers)])
+    kill_timeout = spec.from_json(served, "web")[0].kill_timeout_s
+    events: list[tuple[str, str]] = []
+    emit = lambda *e: events.append((e[0], e[1]))  # noqa: E731
+    host_edge.change({"web": spec.with_draining(served, ["sea.1"])}, frozenset, emit)
+    time.sleep(3.0)  # nothing listens at sea.1: two checks fail, DOWN
+
+    began = time.monotonic()
+    host_edge.change({"web": spec.with_draining(served, ["ams.1"])}, frozenset, emit)
+    waited = time.monotonic() - began
+    assert kill_timeout <= waited < kill_timeout + 3.0, waited
+    slow = [m for e, m in events if e == "restore-slow"]
+    assert slow == [f"be_web_0/sea.1 not UP on this edge after {kill_timeout:g}s; "
+                    "draining be_web_0/ams.1 anyway"]  # fmt: skip
+    assert ("drained", "be_web_0/ams.1") in events
