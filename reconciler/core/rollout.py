@@ -1,9 +1,9 @@
 """Order the steps of a plan into a DAG: dependencies, rollout batches, health gates. Pure.
 
 On the way up: image ready -> machine created and healthy (its gate) -> proxy
-route -> BGP announcement. On the way down, the reverse: withdraw the
-announcement -> remove the route (or the backend from it) -> delete the machine
--> remove the image nobody uses.
+route -> BGP announcement, which also waits for its host's mesh and BIRD. On
+the way down, the reverse: withdraw the announcement -> remove the route (or
+the backend from it) -> delete the machine -> remove the image nobody uses.
 
 Every host is an edge for every public app, so an app's route on *any* host
 waits for the app's new machines on every host, and a machine that leaves for
@@ -115,6 +115,7 @@ def order(works: Sequence[Work], fleet: model.Fleet) -> tuple[list[Work], list[P
     drains: dict[tuple[str, int], list[str]] = defaultdict(list)  # (app, batch) -> drain steps
     in_place_creates: dict[str, list[str]] = defaultdict(list)
     drained: set[str] = set()  # routes with drain steps
+    host_net: dict[str, list[str]] = defaultdict(list)  # a host's mesh and BIRD being made
 
     for w in works:
         c = w.change
@@ -142,7 +143,10 @@ def order(works: Sequence[Work], fleet: model.Fleet) -> tuple[list[Work], list[P
             elif s.kind is Kind.ANNOUNCEMENT:
                 (ann_delete if s.verb is P.Verb.DELETE else ann_put)[key] = s.id
             elif s.kind in (Kind.WIREGUARD, Kind.BGP):
-                continue  # host-level: nothing waits for them, they wait for nothing
+                # host-level: they wait for nothing; only the host's announcements wait for them
+                if s.verb is not P.Verb.DELETE:
+                    host_net[s.host].append(s.id)
+                continue
             elif s.verb is P.Verb.DELETE:
                 deletes_on[s.host].append(s.id)
                 if c.action is P.Action.DESTROY:
@@ -178,6 +182,10 @@ def order(works: Sequence[Work], fleet: model.Fleet) -> tuple[list[Work], list[P
             elif s.kind is Kind.ANNOUNCEMENT and s.verb is not P.Verb.DELETE:
                 d.update(ups[key])
                 d.update(_some(route_put.get(key)))
+                # Its agent answers once the edge announces (hostagent.announcer), which needs
+                # the mesh (to see remote machines UP) and BIRD: without this, announcements
+                # waiting for them could hold the host's apply slots while they queue.
+                d.update(host_net[s.host])
             elif s.kind is Kind.IMAGE and s.verb is P.Verb.DELETE:
                 d.update(deletes_on[s.host])
 

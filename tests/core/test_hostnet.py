@@ -121,3 +121,23 @@ def test_cordoned_host_announces_nothing_and_others_announce_every_public_app(
     public = {a for a, app in fleet.apps.items() if any(s.ports for s in app.services)}
     others = {h for h in fleet.hosts if h != "ams-1"}
     assert announced == {(h, a) for h in others for a in public}
+
+
+def test_an_announcement_waits_for_its_own_hosts_mesh_and_bird(tmp_path: Path) -> None:
+    # The agent answers an announcement once the edge announces, which needs the host's
+    # mesh (remote machines UP) and BIRD. Queued behind it on the host's apply slots, the
+    # mesh was made only after such announcements gave up (ams-1: 77 s in the lab).
+    fleet = support.load(support.fleet_dir(tmp_path))
+    keys = {h: key(i) for i, h in enumerate(sorted(fleet.hosts))}
+    p = planner.make(fleet, _meshed(fleet, keys), origin=P.FleetRef(None, False))
+    net: dict[str, set[str]] = {}
+    for s in p.steps:
+        if s.kind in ("wireguard", "bgp"):
+            net.setdefault(s.host, set()).add(s.id)
+    announcements = [s for s in p.steps if s.kind == "announcement"]
+    assert announcements and all(len(ids) == 2 for ids in net.values())
+    for s in announcements:
+        assert net[s.host] <= set(s.deps), (s.id, s.deps)
+        others = {i for h, ids in net.items() if h != s.host for i in ids}
+        assert not others & set(s.deps)
+    assert all(not s.deps for s in p.steps if s.kind in ("wireguard", "bgp"))
