@@ -182,9 +182,9 @@ def order(works: Sequence[Work], fleet: model.Fleet) -> tuple[list[Work], list[P
             elif s.kind is Kind.ANNOUNCEMENT and s.verb is not P.Verb.DELETE:
                 d.update(ups[key])
                 d.update(_some(route_put.get(key)))
-                # Its agent answers once the edge announces (hostagent.announcer), which needs
-                # the mesh (to see remote machines UP) and BIRD: without this, announcements
-                # waiting for them could hold the host's apply slots while they queue.
+                # The edge announces it only with BIRD running and, for remote machines,
+                # the mesh up to see them UP: made first, the announcement is exported as
+                # soon as its hold-down allows (the apply waits for that, reconciler.settle)
                 d.update(host_net[s.host])
             elif s.kind is Kind.IMAGE and s.verb is P.Verb.DELETE:
                 d.update(deletes_on[s.host])
