@@ -64,6 +64,9 @@ StoppedMachines = Callable[[], frozenset[str]]
 WAKE_WINDOW_S = 45.0
 KIND = "route"
 DRAIN_POLL_S = 0.1
+# how many supervisor passes in a row HAProxy may leave the gate's question unanswered
+# before this host counts as unable to serve (HAProxyHealth)
+FALL = 3
 # how long a drain step waits for the servers it restores to pass this HAProxy's checks
 RESTORE_WAIT_S = 10.0
 
@@ -671,11 +674,20 @@ class HAProxyHealth:
     The proxy is healthy while its admin socket answers; an app's healthy
     backends are its machine servers HAProxy's health checks find UP (local
     or, over the mesh, remote), draining ones not counted.
+
+    A question HAProxy leaves unanswered (its socket's timeout on a loaded
+    host, a reload) keeps the last answer, until ``fall`` in a row: the gate
+    asks every supervisor pass, and one miss used to withdraw every app of the
+    host at once, moving every client's flows (and again when it re-announced).
+    A proxy that is really gone fails ``fall`` passes later, ~3 s.
     """
 
-    def __init__(self, edge: Edge, timeout_s: float = 1.0) -> None:
+    def __init__(self, edge: Edge, timeout_s: float = 1.0, fall: int = FALL) -> None:
         self.edge = edge
         self.timeout_s = timeout_s
+        self.fall = fall
+        self._proxy: tuple[bool, int] = (False, 0)  # the last answer, questions missed since
+        self._backends: tuple[Mapping[str, int], int] = ({}, 0)
 
     def _session(self) -> runtime.AdminSession:
         return runtime.AdminSession(self.edge.paths.options().admin_socket, self.timeout_s)
@@ -683,9 +695,13 @@ class HAProxyHealth:
     def proxy_healthy(self) -> bool:
         try:
             with self._session() as session:
-                return "Pid:" in session.execute("show info")
+                healthy = "Pid:" in session.execute("show info")
         except ProviderError:
-            return False
+            last, missed = self._proxy
+            self._proxy = (last, missed + 1)
+            return last and missed + 1 < self.fall
+        self._proxy = (healthy, 0)
+        return healthy
 
     def healthy_backends(self) -> Mapping[str, int]:
         table = self.edge.saved()
@@ -695,8 +711,12 @@ class HAProxyHealth:
             with self._session() as session:
                 stats = session.stat()
         except ProviderError:
-            stats = []
-        return count_up(table, stats)
+            last, missed = self._backends
+            self._backends = (last, missed + 1)
+            return last if missed + 1 < self.fall else count_up(table, [])
+        counts = count_up(table, stats)
+        self._backends = (counts, 0)
+        return counts
 
 
 def count_up(table: t.RoutingTable, stats: Collection[runtime.ServerStat]) -> dict[str, int]:

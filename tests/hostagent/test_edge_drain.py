@@ -9,6 +9,8 @@ as for an app with one machine in the region).
 from __future__ import annotations
 
 import dataclasses
+import os
+import signal
 import threading
 import time
 from collections.abc import Iterator
@@ -159,3 +161,33 @@ def test_a_restored_server_that_never_comes_up_is_reported_not_waited_on_forever
     assert slow == [f"be_web_0/sea.1 not UP on this edge after {kill_timeout:g}s; "
                     "draining be_web_0/ams.1 anyway"]  # fmt: skip
     assert ("drained", "be_web_0/ams.1") in events
+
+
+@pytest.mark.filterwarnings("ignore::pytest.PytestUnraisableExceptionWarning")
+@pytest.mark.filterwarnings("ignore::ResourceWarning")
+def test_the_gate_keeps_its_last_answer_while_haproxy_misses_a_question_or_two(
+    host_edge: edge.Edge, backends: Backends
+) -> None:
+    # One unanswered question (a loaded host, a reload) withdrew every app of the host
+    # at once; now it takes `fall` in a row. A frozen HAProxy stands for a busy one.
+    port = free_port()
+    served = spec.to_json(
+        "web", "sea", [route("web", port, (server("sea.1", backends.start("a")),))]
+    )
+    host_edge.change({"web": served}, frozenset, lambda *_: None)
+    gate = edge.HAProxyHealth(host_edge, timeout_s=0.3, fall=3)
+    deadline = time.monotonic() + 10
+    while gate.healthy_backends() != {"web": 1} and time.monotonic() < deadline:
+        time.sleep(0.1)  # its first check
+    assert gate.proxy_healthy() and gate.healthy_backends() == {"web": 1}
+    with host_edge.locked() as proxy:
+        group = proxy.process.pid
+    assert group is not None
+    os.killpg(group, signal.SIGSTOP)  # master and worker: in their own session
+    try:
+        answers = [(gate.proxy_healthy(), dict(gate.healthy_backends())) for _ in range(3)]
+    finally:
+        os.killpg(group, signal.SIGCONT)
+    # two misses keep the last answer, the third is a proxy that cannot serve
+    assert answers == [(True, {"web": 1}), (True, {"web": 1}), (False, {"web": 0})]
+    assert gate.proxy_healthy() and gate.healthy_backends() == {"web": 1}  # answering again
