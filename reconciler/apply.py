@@ -256,12 +256,14 @@ class _Run:
         def announced(host: str, rid: str) -> None:
             self.on_event(host, protocol.Event(f"announcement[{rid}]", "announced", ""))
 
+        stop = self.stop
         left = settle.wait(
             want,
             self._client,
             parallelism=self.parallelism,
             timeout=self.settle_s,
             on_announced=announced,
+            stopped=(lambda: False) if stop is None else stop.is_set,
         )
         for host, still in left.items():
             self.report.hosts[host].unannounced.extend(still)

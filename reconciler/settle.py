@@ -55,10 +55,15 @@ def wait(
     timeout: float = TIMEOUT_S,
     poll: float = POLL_S,
     on_announced: Callable[[str, str], None] = lambda host, rid: None,
+    stopped: Callable[[], bool] = lambda: False,
     clock: Callable[[], float] = time.monotonic,
     sleep: Callable[[float], None] = time.sleep,
 ) -> dict[str, list[str]]:
-    """Poll until every wanted announcement is exported; what is still not, by host."""
+    """Poll until every wanted announcement is exported; what is still not, by host.
+
+    ``stopped`` (a shutdown asked for: GitOps' watch stopping) ends the wait
+    early; what is left is reported as not announced yet.
+    """
     left = {host: set(ids) for host, ids in want.items() if ids}
     deadline = clock() + timeout
     with cf.ThreadPoolExecutor(max_workers=max(1, min(parallelism, len(left) or 1))) as pool:
@@ -71,7 +76,7 @@ def wait(
                 left[host] -= passing
                 if not left[host]:
                     del left[host]
-            if not left or clock() >= deadline:
+            if not left or clock() >= deadline or stopped():
                 break
             sleep(poll)
     return {host: sorted(ids) for host, ids in sorted(left.items())}

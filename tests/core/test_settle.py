@@ -103,3 +103,23 @@ def test_an_edge_that_never_announces_is_reported_not_failed(tmp_path: Path) -> 
     assert ("ams-1", "announcement[hello]") in announced
     assert ("sea-2", "announcement[hello]") not in announced
     assert any(h == "sea-2" and e.type == "waiting" and "hello" in e.message for h, e in events)
+
+
+def test_a_shutdown_ends_the_wait_and_reports_what_is_left(tmp_path: Path) -> None:
+    fleet = support.load(support.fleet_dir(tmp_path))
+    hosts = support.hosts_for(fleet)
+    plan = support.plan(fleet, hosts)
+    support.run(plan, hosts, sqlite.SqliteBackend(str(tmp_path / "s.db")))
+    want = settle.wanted(plan.steps)
+    never = {n: _Later(h, after=10**6) for n, h in hosts.hosts.items()}
+    polls: list[float] = []
+    left = settle.wait(
+        want,
+        never.__getitem__,
+        parallelism=4,
+        timeout=600,
+        stopped=lambda: len(polls) >= 1,  # asked to stop after the first pause
+        sleep=polls.append,
+    )
+    assert len(polls) == 1
+    assert left == {h: sorted(ids) for h, ids in want.items()}
