@@ -675,11 +675,13 @@ class HAProxyHealth:
     backends are its machine servers HAProxy's health checks find UP (local
     or, over the mesh, remote), draining ones not counted.
 
-    A question HAProxy leaves unanswered (its socket's timeout on a loaded
-    host, a reload) keeps the last answer, until ``fall`` in a row: the gate
-    asks every supervisor pass, and one miss used to withdraw every app of the
-    host at once, moving every client's flows (and again when it re-announced).
-    A proxy that is really gone fails ``fall`` passes later, ~3 s.
+    A question HAProxy leaves unanswered (its socket's timeout: a loaded
+    host) keeps the last answer, until ``fall`` in a row: the gate asks every
+    supervisor pass, and one slow answer used to withdraw every app of the
+    host at once, moving every client's flows (and again when it
+    re-announced). A proxy that is gone (its socket refuses or is missing) is
+    unhealthy at once: every second it stays announced, its clients' packets
+    are lost.
     """
 
     def __init__(self, edge: Edge, timeout_s: float = 1.0, fall: int = FALL) -> None:
@@ -696,8 +698,8 @@ class HAProxyHealth:
         try:
             with self._session() as session:
                 healthy = "Pid:" in session.execute("show info")
-        except ProviderError:
-            last, missed = self._proxy
+        except ProviderError as exc:
+            last, missed = self._proxy if _unanswered(exc) else (False, self.fall)
             self._proxy = (last, missed + 1)
             return last and missed + 1 < self.fall
         self._proxy = (healthy, 0)
@@ -710,13 +712,18 @@ class HAProxyHealth:
         try:
             with self._session() as session:
                 stats = session.stat()
-        except ProviderError:
-            last, missed = self._backends
+        except ProviderError as exc:
+            last, missed = self._backends if _unanswered(exc) else ({}, self.fall)
             self._backends = (last, missed + 1)
             return last if missed + 1 < self.fall else count_up(table, [])
         counts = count_up(table, stats)
         self._backends = (counts, 0)
         return counts
+
+
+def _unanswered(exc: ProviderError) -> bool:
+    """HAProxy took the question but did not answer in time (busy), as opposed to gone."""
+    return isinstance(exc.__cause__, TimeoutError)
 
 
 def count_up(table: t.RoutingTable, stats: Collection[runtime.ServerStat]) -> dict[str, int]:

@@ -185,9 +185,31 @@ def test_the_gate_keeps_its_last_answer_while_haproxy_misses_a_question_or_two(
     assert group is not None
     os.killpg(group, signal.SIGSTOP)  # master and worker: in their own session
     try:
+        _until_stopped(group)
         answers = [(gate.proxy_healthy(), dict(gate.healthy_backends())) for _ in range(3)]
     finally:
         os.killpg(group, signal.SIGCONT)
     # two misses keep the last answer, the third is a proxy that cannot serve
     assert answers == [(True, {"web": 1}), (True, {"web": 1}), (False, {"web": 0})]
     assert gate.proxy_healthy() and gate.healthy_backends() == {"web": 1}  # answering again
+    os.killpg(group, signal.SIGKILL)  # gone, not busy: no benefit of the doubt
+    time.sleep(0.3)  # (the kernel closes a killed process's sockets as it exits)
+    assert not gate.proxy_healthy() and gate.healthy_backends() == {"web": 0}
+
+
+def _until_stopped(group: int, timeout: float = 5.0) -> None:
+    """Until every process of ``group`` is stopped (a signal is delivered asynchronously)."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        states = []
+        for pid in filter(str.isdigit, os.listdir("/proc")):
+            try:
+                fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+            except OSError:
+                continue
+            if int(fields[2]) == group:
+                states.append(fields[0])
+        if states and all(s == "T" for s in states):
+            return
+        time.sleep(0.01)
+    raise AssertionError(f"process group {group} not stopped within {timeout} s")
