@@ -200,8 +200,8 @@ def _maybe_git(path: str | os.PathLike[str]) -> bool:
 
     A work tree has ``.git`` (a directory, or a file for worktrees and
     submodules) in it or a parent; a bare repository is a directory with
-    ``HEAD`` and ``objects``. Without either, importing gitpython (~80 ms, far
-    more on a loaded machine) only to hear "not a repository" is skipped.
+    ``HEAD`` and ``objects``. Without either, running git (or, for a ref,
+    importing gitpython: ~80 ms) only to hear "not a repository" is skipped.
     """
     here = Path(path).resolve()
     for d in (here, *here.parents):

@@ -43,7 +43,7 @@ import time
 from collections.abc import Callable, Collection, Iterator, Mapping
 from dataclasses import dataclass, replace
 from pathlib import Path
-from typing import Any
+from typing import Any, Generic, TypeVar
 
 from fleet.errors import ProviderError
 from hostagent import handlers as H
@@ -64,6 +64,7 @@ StoppedMachines = Callable[[], frozenset[str]]
 WAKE_WINDOW_S = 45.0
 KIND = "route"
 DRAIN_POLL_S = 0.1
+T = TypeVar("T")
 # how many supervisor passes in a row HAProxy may leave the gate's question unanswered
 # before this host counts as unable to serve (HAProxyHealth)
 FALL = 3
@@ -687,43 +688,49 @@ class HAProxyHealth:
     def __init__(self, edge: Edge, timeout_s: float = 1.0, fall: int = FALL) -> None:
         self.edge = edge
         self.timeout_s = timeout_s
-        self.fall = fall
-        self._proxy: tuple[bool, int] = (False, 0)  # the last answer, questions missed since
-        self._backends: tuple[Mapping[str, int], int] = ({}, 0)
+        self._proxy = _Kept[bool](fall, False)
+        self._backends = _Kept[Mapping[str, int]](fall, {})
 
     def _session(self) -> runtime.AdminSession:
         return runtime.AdminSession(self.edge.paths.options().admin_socket, self.timeout_s)
 
     def proxy_healthy(self) -> bool:
-        try:
+        def ask() -> bool:
             with self._session() as session:
-                healthy = "Pid:" in session.execute("show info")
-        except ProviderError as exc:
-            last, missed = self._proxy if _unanswered(exc) else (False, self.fall)
-            self._proxy = (last, missed + 1)
-            return last and missed + 1 < self.fall
-        self._proxy = (healthy, 0)
-        return healthy
+                return "Pid:" in session.execute("show info")
+
+        return self._proxy.ask(ask, gone=False)
 
     def healthy_backends(self) -> Mapping[str, int]:
         table = self.edge.saved()
         if table is None:
             return {}
-        try:
+
+        def ask() -> Mapping[str, int]:
             with self._session() as session:
-                stats = session.stat()
+                return count_up(table, session.stat())
+
+        return self._backends.ask(ask, gone=count_up(table, []))
+
+
+class _Kept(Generic[T]):
+    """HAProxy's last answer to one question, kept while up to ``fall`` - 1 in a row time out."""
+
+    def __init__(self, fall: int, first: T) -> None:
+        self.fall = fall
+        self.last = first
+        self.missed = 0  # questions in a row without an answer (``fall`` once HAProxy is gone)
+
+    def ask(self, question: Callable[[], T], *, gone: T) -> T:
+        """``question()``'s answer; on a timeout the last one, else (or ``fall`` times) ``gone``."""
+        try:
+            answer = question()
         except ProviderError as exc:
-            last, missed = self._backends if _unanswered(exc) else ({}, self.fall)
-            self._backends = (last, missed + 1)
-            return last if missed + 1 < self.fall else count_up(table, [])
-        counts = count_up(table, stats)
-        self._backends = (counts, 0)
-        return counts
-
-
-def _unanswered(exc: ProviderError) -> bool:
-    """HAProxy took the question but did not answer in time (busy), as opposed to gone."""
-    return isinstance(exc.__cause__, TimeoutError)
+            # a timeout: HAProxy took the question but is busy; anything else: it is gone
+            self.missed = self.missed + 1 if isinstance(exc.__cause__, TimeoutError) else self.fall
+            return self.last if self.missed < self.fall else gone
+        self.last, self.missed = answer, 0
+        return answer
 
 
 def count_up(table: t.RoutingTable, stats: Collection[runtime.ServerStat]) -> dict[str, int]:

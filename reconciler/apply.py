@@ -276,9 +276,6 @@ class _Run:
         takes the full path at the next plan, which is always right. The agent
         keeps the digest only if nothing changed it after the generation given.
         """
-        on_host: dict[str, list[str]] = defaultdict(list)
-        for s in self.plan.steps:
-            on_host[s.host].append(s.id)
         todo: list[tuple[str, str, int]] = []
         for host, digest in sorted(self.plan.inputs.items()):
             if host in self.recorded:  # sent with its last step, which answered on it
@@ -286,8 +283,8 @@ class _Run:
             hr = self.report.hosts.get(host)
             if hr is not None and (hr.failed or hr.refused or hr.deferred or hr.reverted):
                 continue
-            if on_host[host]:
-                if len(hr.succeeded if hr else ()) != len(on_host[host]):
+            if self.steps_on[host]:
+                if len(hr.succeeded if hr else ()) != self.steps_on[host]:
                     continue
                 generation = self.generations.get(host)
             else:

@@ -65,8 +65,10 @@ def wait(
     early; what is left is reported as not announced yet.
     """
     left = {host: set(ids) for host, ids in want.items() if ids}
+    if not left:
+        return {}
     deadline = clock() + timeout
-    with cf.ThreadPoolExecutor(max_workers=max(1, min(parallelism, len(left) or 1))) as pool:
+    with cf.ThreadPoolExecutor(max_workers=max(1, min(parallelism, len(left)))) as pool:
         while left:
             hosts = sorted(left)
             answers = pool.map(lambda h: _passing(clients(h)), hosts)

@@ -52,12 +52,17 @@ def test_only_announcements_created_or_changed_are_waited_for(tmp_path: Path) ->
     assert settle.wanted(s for s in plan.steps if s.kind is not resources.Kind.ANNOUNCEMENT) == {}
 
 
-def test_the_wait_lasts_until_every_host_exports_them_all_at_once(tmp_path: Path) -> None:
+def _applied(tmp_path: Path) -> tuple[memory.MemoryFleet, dict[str, set[str]]]:
+    """The examples applied to in-process hosts, and the announcements that apply made."""
     fleet = support.load(support.fleet_dir(tmp_path))
     hosts = support.hosts_for(fleet)
     plan = support.plan(fleet, hosts)
     support.run(plan, hosts, sqlite.SqliteBackend(str(tmp_path / "s.db")))
-    want = settle.wanted(plan.steps)
+    return hosts, settle.wanted(plan.steps)
+
+
+def test_the_wait_lasts_until_every_host_exports_them_all_at_once(tmp_path: Path) -> None:
+    hosts, want = _applied(tmp_path)
     slow = {n: _Later(h, after=3, fail_first=(n == "ams-1")) for n, h in hosts.hosts.items()}
     seen: list[tuple[str, str]] = []
     slept: list[float] = []
@@ -106,11 +111,7 @@ def test_an_edge_that_never_announces_is_reported_not_failed(tmp_path: Path) -> 
 
 
 def test_a_shutdown_ends_the_wait_and_reports_what_is_left(tmp_path: Path) -> None:
-    fleet = support.load(support.fleet_dir(tmp_path))
-    hosts = support.hosts_for(fleet)
-    plan = support.plan(fleet, hosts)
-    support.run(plan, hosts, sqlite.SqliteBackend(str(tmp_path / "s.db")))
-    want = settle.wanted(plan.steps)
+    hosts, want = _applied(tmp_path)
     never = {n: _Later(h, after=10**6) for n, h in hosts.hosts.items()}
     polls: list[float] = []
     left = settle.wait(
