@@ -32,6 +32,21 @@ REPLAY_MAP = "replay.map"
 # cost ~3% of its CPU per request at ~25k rps, more at lower rates), so an up server
 # is checked every 2 s: half the checks for 0.5 s more at worst (docs/proxy.md).
 CHECK = "check inter 2s fastinter 500ms downinter 1s fall 2 rise 1"
+# A spill backend holds the route's machines a second time (spill.py). Checked as often,
+# they doubled the checks of every route that spills: each machine of an app in several
+# regions got two connections per `inter` from every edge. They are checked every 10 s, and a
+# connection that fails (`observe layer4`) takes one down at once (`retries` and `option
+# redispatch` carry the request on to the next server), so a spilled request meets a dead
+# machine at most once; a machine coming back is in within 1 s of answering, as above.
+SPILL_CHECK = (
+    "check inter 10s fastinter 500ms downinter 1s fall 2 rise 1"
+    " observe layer4 error-limit 1 on-error mark-down"
+)
+
+
+def check(backend: str) -> str:
+    """The health-check words of a machine server of ``backend``."""
+    return SPILL_CHECK if spill.route_of(backend) != backend else CHECK
 
 
 @dataclass(frozen=True, slots=True)
@@ -68,7 +83,7 @@ class ServerOp:
             if new.role is t.Role.WAKER:
                 words.append("pool-max-conn 0")
             else:
-                words.append(CHECK)
+                words.append(check(self.backend))
             add = " ".join(words)
             # a dynamic server's health check starts disabled (HAProxy 2.6)
             health = () if new.role is t.Role.WAKER else (f"enable health {ref}",)

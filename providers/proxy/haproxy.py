@@ -136,6 +136,7 @@ def _environment() -> jinja2.Environment:
         endpoint=diff.endpoint,
         force_https_ports=force_https_ports,
         check=diff.CHECK,
+        spill_check=diff.SPILL_CHECK,
         spills=spill.active,
         spill_backend=spill.backend,
         main_servers=spill.main_servers,

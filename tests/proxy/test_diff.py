@@ -63,7 +63,9 @@ def test_a_new_machine_is_one_add_on_its_backend_only() -> None:
         "enable server be_a_0/sea.3",
         # ... and after the other local machines in its spill backend (no hard_limit: no maxconn)
         f"add server be_a_0_spill/sea.3 192.0.2.51:8080 id {spill.LOCAL_IDS + 3} weight 100"
-        " check inter 2s fastinter 500ms downinter 1s fall 2 rise 1",
+        # checked less often there, and taken down by the first failed connection
+        " check inter 10s fastinter 500ms downinter 1s fall 2 rise 1"
+        " observe layer4 error-limit 1 on-error mark-down",
         "enable health be_a_0_spill/sea.3",
         "enable server be_a_0_spill/sea.3",
     ]

@@ -173,6 +173,30 @@ def test_a_route_update_keeps_the_spill_backend_in_step_without_a_reload(
     assert "local1" not in {b for _, b, _ in concurrent(port, 6)}
 
 
+def test_a_dead_machine_in_the_spill_backend_is_out_after_one_failed_connection(
+    edge: proxy.EdgeProxy, backends: Backends
+) -> None:
+    """Spill copies are checked every 10 s; a refused connection takes one down at once."""
+    ports = {n: backends.start(n) for n in ("local", "ams", "fra")}
+    port = free_port()
+    ams1, fra1 = remote("ams.1", ports["ams"]), remote("fra.1", ports["fra"])
+    edge.start(table(web(port, server("sea.1", ports["local"]), ams1, fra1, soft=1, hard=None)))
+    spill_lines = [ln for ln in edge.options.config_path.read_text().splitlines() if " id " in ln]
+    assert spill_lines and all(diff.SPILL_CHECK in ln for ln in spill_lines)
+    time.sleep(0.5)  # the first checks: every server up
+    backends.stop("ams")  # the nearest remote machine dies between two of its spill checks
+    began = time.monotonic()
+    with ThreadPoolExecutor(1) as pool:
+        busy = pool.submit(get, port, "/slow?ms=1500")  # sea.1 at soft_limit: the next spills
+        time.sleep(0.2)
+        status, _, body = get(port)  # ams.1 first (balance first): refused, on to fra.1
+        assert busy.result()[0] == 200
+    assert (status, body) == (200, b"fra\n")
+    state = {s.name: s.op_state for s in edge.session.servers_state("be_web_0_spill")}
+    assert state["ams.1"] == 0 and state["fra.1"] == 2, state
+    assert time.monotonic() - began < 5  # not a 10 s check: the failed connection did it
+
+
 def test_a_spilled_request_replays_with_its_routes_targets(
     edge: proxy.EdgeProxy, backends: Backends
 ) -> None:
