@@ -273,7 +273,7 @@ def start_quiet(options: haproxy.Options, table: t.RoutingTable) -> proxy.EdgePr
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__)
     p.add_argument("--seconds", type=int, default=2)
-    p.add_argument("--rounds", type=int, default=9)
+    p.add_argument("--rounds", type=int, default=15)
     p.add_argument("--connections", type=int, default=50)
     p.add_argument("--apps", type=int, default=100)
     p.add_argument("--trials", type=int, default=20)
