@@ -9,7 +9,9 @@ supervisor pass by :meth:`Announcer.tick`, the only writer of that decision:
   the constructor: ``LocalMachines`` until the edge proxy provides one);
 - the state machine of :mod:`providers.network.announce`: unhealthy ->
   withdrawn at once; withdrawn -> announced after ``hold_down_s`` of health;
-  a planned withdraw -> 65535:0 for ``grace_s``, then withdrawn;
+  a planned withdraw -> 65535:0 for ``grace_s``, then withdrawn (every
+  announcement at once when the BIRD spec says ``withdraw_all``: the host is
+  cordoned);
 - BIRD's config is rendered with the result and ``birdc configure``d only
   when its text changed (:meth:`hostagent.bird.BirdDaemon.sync`).
 
@@ -150,16 +152,21 @@ class Announcer:
 
     def tick(self, now: float) -> list[str]:
         """Step every app's announcement and make BIRD say the result."""
-        entries = {
-            rid: e for (kind, rid), e in self.inventory.read().entries.items() if kind == KIND
-        }
+        held = self.inventory.read().entries
+        entries = {rid: e for (kind, rid), e in held.items() if kind == KIND}
+        bird_entry = held.get((bird_mod.KIND, bird_mod.RESOURCE_ID))
         if self.states is None:
             self.states = self._adopt(now)
         for app, entry in entries.items():
             self.prefixes[app] = prefixes_of(entry.spec)
         proxy = self.edge.proxy_healthy()
         backends = self.edge.healthy_backends()
-        leaving = frozenset(a for a, e in entries.items() if e.status.get("pending") == "delete")
+        if bird_entry is not None and (bird_entry.spec or {}).get("withdraw_all"):
+            leaving = frozenset(entries)  # the host is cordoned: every announcement leaves
+        else:
+            leaving = frozenset(
+                a for a, e in entries.items() if e.status.get("pending") == "delete"
+            )
         healthy = {app: proxy and backends.get(app, 0) >= 1 for app in entries}
         before = self.states
         after, exports = announce.step_all(

@@ -7,7 +7,8 @@
   it cannot handshake with.
 - ``bgp`` (id ``bird``): router id, ASN, the Region's upstream peers and the
   Network's anycast pools: everything BIRD's config needs except *what* is
-  announced, which the host's announcer decides from health.
+  announced, which the host's announcer decides from health; on a cordoned
+  host, ``withdraw_all``: every announcement there is leaving.
 
 Keys come from what hosts report (``facts.wireguard_public_key``); a host not
 observed in this snapshot keeps the key the others were last given for it
@@ -143,4 +144,10 @@ def bird(world: model.DesiredWorld, host: str) -> desired.Desired | None:
         ],
         "pools": [str(p) for p in network.anycast_pools],
     }
+    if spec_host.cordoned:
+        # Every announcement of the host is leaving: the agent starts all their graceful
+        # shutdowns at once, and each announcement's delete (which waits for this step)
+        # only waits out what is left of it. Absent otherwise: uncordoned hosts' etags are
+        # what they were.
+        spec["withdraw_all"] = True
     return desired.on_host(host, resources.Kind.BGP, BIRD_ID, spec, observed.etag(spec))

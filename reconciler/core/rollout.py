@@ -116,6 +116,7 @@ def order(works: Sequence[Work], fleet: model.Fleet) -> tuple[list[Work], list[P
     in_place_creates: dict[str, list[str]] = defaultdict(list)
     drained: set[str] = set()  # routes with drain steps
     host_net: dict[str, list[str]] = defaultdict(list)  # a host's mesh and BIRD being made
+    host_bird: dict[str, list[str]] = defaultdict(list)  # a host's BIRD spec being put
 
     for w in works:
         c = w.change
@@ -146,6 +147,8 @@ def order(works: Sequence[Work], fleet: model.Fleet) -> tuple[list[Work], list[P
                 # host-level: they wait for nothing; only the host's announcements wait for them
                 if s.verb is not P.Verb.DELETE:
                     host_net[s.host].append(s.id)
+                    if s.kind is Kind.BGP:
+                        host_bird[s.host].append(s.id)
                 continue
             elif s.verb is P.Verb.DELETE:
                 deletes_on[s.host].append(s.id)
@@ -179,6 +182,10 @@ def order(works: Sequence[Work], fleet: model.Fleet) -> tuple[list[Work], list[P
                     d.update(in_place_creates[s.app or ""])
             elif s.kind is Kind.ROUTE:
                 d.update(_some(ann_delete.get(key)))
+            elif s.kind is Kind.ANNOUNCEMENT and s.verb is P.Verb.DELETE:
+                # A cordon puts `withdraw_all` in the host's BIRD spec (reconciler.core.hostnet):
+                # every graceful shutdown there starts with that step, not one per free slot
+                d.update(host_bird[s.host])
             elif s.kind is Kind.ANNOUNCEMENT and s.verb is not P.Verb.DELETE:
                 d.update(ups[key])
                 d.update(_some(route_put.get(key)))

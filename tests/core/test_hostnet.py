@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import base64
+from dataclasses import replace
 from pathlib import Path
 from types import MappingProxyType
 
@@ -121,6 +122,50 @@ def test_cordoned_host_announces_nothing_and_others_announce_every_public_app(
     public = {a for a, app in fleet.apps.items() if any(s.ports for s in app.services)}
     others = {h for h in fleet.hosts if h != "ams-1"}
     assert announced == {(h, a) for h in others for a in public}
+
+
+def test_cordoning_starts_every_graceful_shutdown_of_the_host_in_its_bird_step(
+    tmp_path: Path,
+) -> None:
+    # Each announcement's delete waits out the graceful shutdown (30 s by default) in one of
+    # the host's --per-host slots: 100 apps took 25 minutes, 2 at a time. The BIRD step
+    # starts them all; the deletes, after it, only wait out what is left.
+    fleet = support.load(support.fleet_dir(tmp_path))
+    keys = {h: key(i) for i, h in enumerate(sorted(fleet.hosts))}
+    empty = _meshed(fleet, keys)
+    first = planner.make(fleet, empty, origin=P.FleetRef(None, False))
+    kept = ("announcement", "bgp")
+    held = {
+        h: tuple(
+            observed.Resource(s.kind, s.resource_id, observed.OWNER_FLEET, s.etag or "", s.spec)
+            for s in first.steps
+            if s.host == h and s.kind in kept and s.spec is not None
+        )
+        for h in fleet.hosts
+    }
+    applied = observed.Snapshot(
+        MappingProxyType({h: replace(o, resources=held[h]) for h, o in empty.hosts.items()})
+    )
+    assert not [
+        c
+        for c in planner.make(fleet, applied, origin=P.FleetRef(None, False)).changes
+        if c.kind in kept
+    ]
+
+    def cordon(doc: dict[str, object]) -> None:
+        if doc.get("kind") == "Host" and doc["metadata"]["name"] == "ams-1":  # type: ignore[index]
+            doc["spec"]["cordoned"] = True  # type: ignore[index]
+
+    cordoned = support.load(support.fleet_dir(tmp_path, cordon, "cordoned"))
+    p = planner.make(cordoned, applied, origin=P.FleetRef(None, False))
+    bird = [s for s in p.steps if s.kind == "bgp"]
+    assert [(s.host, s.verb) for s in bird] == [("ams-1", P.Verb.UPDATE)]
+    assert bird[0].spec is not None and bird[0].spec["withdraw_all"] is True
+    leaving = [s for s in p.steps if s.kind == "announcement"]
+    assert len(leaving) == len(held["ams-1"]) - 1 > 1
+    assert all(s.verb is P.Verb.DELETE and s.deps == (bird[0].id,) for s in leaving)
+    other = hostnet.bird(fleet_compile.compile_world(cordoned), "ams-2")
+    assert other is not None and "withdraw_all" not in other.spec  # etags of others unchanged
 
 
 def test_an_announcement_waits_for_its_own_hosts_mesh_and_bird(tmp_path: Path) -> None:

@@ -101,6 +101,34 @@ def test_planned_withdraw_is_graceful_for_the_grace_period(tmp_path: Path) -> No
     assert json.loads((tmp_path / "announce.json").read_text())["apps"]["web"]["export"] is None
 
 
+def test_withdraw_all_in_the_bird_spec_drains_every_announcement_at_once(
+    tmp_path: Path,
+) -> None:
+    inv, edge, daemon, ann = setup(tmp_path)
+    other = {"app": "api", "prefixes": ["198.51.100.11/32"]}
+    bird_spec = {"router_id": "192.0.2.11", "asn": 65010, "neighbors": [], "pools": []}
+    with inv.transaction() as state:
+        state.put(Entry("announcement", "api", "sha256:2", other))
+        state.put(Entry(bird.KIND, bird.RESOURCE_ID, "sha256:3", dict(bird_spec)))
+    edge.backends = {"web": 1, "api": 1}
+    ann.tick(0.0)
+    ann.tick(3.0)
+    assert {e for _, e in exported(daemon)} == {"announce"} and len(daemon.live) == 3
+    with inv.transaction() as state:  # the host is cordoned: its BIRD step says so
+        state.put(
+            Entry(bird.KIND, bird.RESOURCE_ID, "sha256:4", {**bird_spec, "withdraw_all": True})
+        )
+    ann.tick(4.0)  # both at once, with no announcement's delete pending yet
+    assert {e for _, e in exported(daemon)} == {"graceful"} and len(daemon.live) == 3
+    ann.tick(6.0)
+    assert daemon.live == ()
+    with inv.transaction() as state:  # uncordoned before the deletes: announced again
+        state.put(Entry(bird.KIND, bird.RESOURCE_ID, "sha256:3", dict(bird_spec)))
+    ann.tick(7.0)
+    ann.tick(10.0)
+    assert {e for _, e in exported(daemon)} == {"announce"} and len(daemon.live) == 3
+
+
 def test_delete_waits_for_the_ticker_then_leaves(tmp_path: Path) -> None:
     _, _, _, ann = setup(tmp_path)
     (tmp_path / "announce.json").write_text(

@@ -309,6 +309,7 @@ def test_cordon_tags_graceful_shutdown_then_withdraws(net: Net) -> None:
             seen.setdefault("withdrawn", now)
         return "withdrawn" in seen
 
+    began = time.time()
     applying = subprocess.Popen(
         [RECONCILE, "apply", "--fleet", str(net.dir), "--state", str(net.state), "--yes"],
         cwd=net.dir.parent,
@@ -324,6 +325,14 @@ def test_cordon_tags_graceful_shutdown_then_withdraws(net: Net) -> None:
     assert applying.returncode == 0, out
     assert seen["withdrawn"] - seen["graceful"] <= GRACE_S + 3.0, seen
     assert FABRIC["ams-1"] not in net.hops("upstream-ams", LEDGER)
+    # Every app ams-1 announced went graceful in the same supervisor pass (its BIRD step
+    # says withdraw_all), not two at a time as --per-host slots freed up (a grace apart).
+    history = json.loads(net.agent_file("ams-1", "announce.json"))["history"]
+    graceful = {
+        h["app"]: h["since"] for h in history if h["phase"] == "graceful" and h["at"] >= began
+    }
+    assert len(graceful) >= 3, history[-12:]
+    assert max(graceful.values()) - min(graceful.values()) < 1.0, graceful
 
 
 def test_rotating_a_key_drops_no_tcp_connection(net: Net) -> None:
