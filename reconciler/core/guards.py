@@ -4,7 +4,9 @@
   (default 0.5) of a region's running managed machines (replacements do not
   count: the slot keeps a machine). Allowed by ``--allow-mass-destroy``.
 * **Last anycast announcer**: a plan may not leave an app that is announced
-  today with no host announcing it (its anycast address would go dark).
+  today with no host announcing it (its anycast address would go dark),
+  whether by deleting announcements or by a cordoned host's BIRD step
+  (``withdraw_all`` withdraws every announcement of the host).
   Allowed by ``--allow-anycast-withdraw``.
 
 A refusal is a :class:`~fleet.errors.GuardError` whose message names the flag.
@@ -47,6 +49,10 @@ def check(
                 remaining.get(c.app, set()).discard(c.host or "")
             elif c.kind is resources.Kind.ANNOUNCEMENT and c.app:
                 remaining.setdefault(c.app, set()).add(c.host or "")
+        for c in changes:  # a cordon's BIRD step withdraws all of its host's (a --target'd one too)
+            if c.kind is resources.Kind.BGP and (c.after or {}).get("withdraw_all"):
+                for hosts in remaining.values():
+                    hosts.discard(c.host or "")
         for app, hosts in sorted(announced.items()):
             if hosts and not remaining.get(app):
                 problems.append(

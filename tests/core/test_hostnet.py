@@ -3,13 +3,17 @@
 from __future__ import annotations
 
 import base64
-from dataclasses import replace
+import dataclasses
 from pathlib import Path
 from types import MappingProxyType
 
+import pytest
+
 from fleet import compile as fleet_compile
 from fleet import model
-from reconciler.core import hostnet, observed, planner
+from fleet.errors import GuardError
+from providers.resources import Kind
+from reconciler.core import guards, hostnet, observed, planner
 from reconciler.core import plan as P
 from tests.core import support
 
@@ -144,7 +148,9 @@ def test_cordoning_starts_every_graceful_shutdown_of_the_host_in_its_bird_step(
         for h in fleet.hosts
     }
     applied = observed.Snapshot(
-        MappingProxyType({h: replace(o, resources=held[h]) for h, o in empty.hosts.items()})
+        MappingProxyType(
+            {h: dataclasses.replace(o, resources=held[h]) for h, o in empty.hosts.items()}
+        )
     )
     assert not [
         c
@@ -186,3 +192,22 @@ def test_an_announcement_waits_for_its_own_hosts_mesh_and_bird(tmp_path: Path) -
         others = {i for h, ids in net.items() if h != s.host for i in ids}
         assert not others & set(s.deps)
     assert all(not s.deps for s in p.steps if s.kind in ("wireguard", "bgp"))
+
+
+def test_the_last_announcer_guard_counts_a_cordons_bird_step() -> None:
+    # --target host.ams-1/bgp[bird] alone keeps no announcement delete, yet withdraws them all
+    bird_step = P.Change(
+        "host.ams-1/bgp[bird]",
+        Kind.BGP,
+        P.Action.UPDATE,
+        "cordoned",
+        host="ams-1",
+        after={"router_id": "192.0.2.11", "withdraw_all": True},
+    )
+    announced = {"web": {"ams-1"}, "api": {"ams-1", "ams-2"}}
+    with pytest.raises(GuardError, match="last host announcing app web's") as refused:
+        guards.check([bird_step], {}, announced, P.Options())
+    assert "app api" not in str(refused.value)
+    guards.check([bird_step], {}, announced, P.Options(allow_anycast_withdraw=True))
+    uncordoned = dataclasses.replace(bird_step, after={"router_id": "192.0.2.11"})
+    guards.check([uncordoned], {}, announced, P.Options())
