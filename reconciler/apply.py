@@ -50,6 +50,11 @@ class HostReport:
     reverted: list[str] = field(default_factory=list)
     unannounced: list[str] = field(default_factory=list)  # not exported by the end (settle)
 
+    @property
+    def clean(self) -> bool:
+        """Nothing failed, was refused, deferred or reverted here (unannounced does not count)."""
+        return not (self.failed or self.refused or self.deferred or self.reverted)
+
 
 @dataclass(slots=True)
 class Report:
@@ -139,7 +144,7 @@ class _Run:
         host where anything failed, was refused or deferred (see there).
         """
         hr = self.report.hosts[step.host]
-        if hr.failed or hr.refused or hr.deferred:
+        if not hr.clean:
             return None
         if len(hr.succeeded) != self.steps_on[step.host] - 1:  # (steps resumed not counted)
             return None
@@ -281,7 +286,7 @@ class _Run:
             if host in self.recorded:  # sent with its last step, which answered on it
                 continue
             hr = self.report.hosts.get(host)
-            if hr is not None and (hr.failed or hr.refused or hr.deferred or hr.reverted):
+            if hr is not None and not hr.clean:
                 continue
             if self.steps_on[host]:
                 if len(hr.succeeded if hr else ()) != self.steps_on[host]:

@@ -113,14 +113,16 @@ def test_plan_meshes_every_host_and_warns_about_unknown_keys(tmp_path: Path) -> 
     assert [w.address for w in warned] == ["host.sea-2"]
 
 
+def cordon_ams_1(doc: dict[str, object]) -> None:
+    """A fleet_dir edit: host ams-1 cordoned."""
+    if doc.get("kind") == "Host" and doc["metadata"]["name"] == "ams-1":  # type: ignore[index]
+        doc["spec"]["cordoned"] = True  # type: ignore[index]
+
+
 def test_cordoned_host_announces_nothing_and_others_announce_every_public_app(
     tmp_path: Path,
 ) -> None:
-    def cordon(doc: dict[str, object]) -> None:
-        if doc.get("kind") == "Host" and doc["metadata"]["name"] == "ams-1":  # type: ignore[index]
-            doc["spec"]["cordoned"] = True  # type: ignore[index]
-
-    fleet = support.load(support.fleet_dir(tmp_path, cordon))
+    fleet = support.load(support.fleet_dir(tmp_path, cordon_ams_1))
     p = planner.make(fleet, _meshed(fleet, {}), origin=P.FleetRef(None, False))
     announced = {(c.host, c.app) for c in p.changes if c.kind == "announcement"}
     public = {a for a, app in fleet.apps.items() if any(s.ports for s in app.services)}
@@ -158,11 +160,7 @@ def test_cordoning_starts_every_graceful_shutdown_of_the_host_in_its_bird_step(
         if c.kind in kept
     ]
 
-    def cordon(doc: dict[str, object]) -> None:
-        if doc.get("kind") == "Host" and doc["metadata"]["name"] == "ams-1":  # type: ignore[index]
-            doc["spec"]["cordoned"] = True  # type: ignore[index]
-
-    cordoned = support.load(support.fleet_dir(tmp_path, cordon, "cordoned"))
+    cordoned = support.load(support.fleet_dir(tmp_path, cordon_ams_1, "cordoned"))
     p = planner.make(cordoned, applied, origin=P.FleetRef(None, False))
     bird = [s for s in p.steps if s.kind == "bgp"]
     assert [(s.host, s.verb) for s in bird] == [("ams-1", P.Verb.UPDATE)]
