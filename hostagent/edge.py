@@ -70,6 +70,8 @@ T = TypeVar("T")
 FALL = 3
 # how long a drain step waits for the servers it restores to pass this HAProxy's checks
 RESTORE_WAIT_S = 10.0
+# the start of an alarm raised by a refresh (a change with no override), not by an update
+REFRESH = "refresh: "
 
 
 @dataclass(frozen=True, slots=True)
@@ -244,9 +246,12 @@ class Edge:
                     self.paths.table.unlink(missing_ok=True)
                     emit("proxy-stopped", "no routes left")
             except ProviderError as exc:
-                self._set_alarm(str(exc))
+                self._set_alarm(f"{REFRESH}{exc}" if not override else str(exc))
                 raise
-            self._set_alarm(None)
+            # An update's alarm stays until an update succeeds: a refresh (the supervisor's,
+            # an autostop's) serves the same specs, so it clears only an alarm of its own.
+            if override or (self.alarm() or "").startswith(REFRESH):
+                self._set_alarm(None)
             _write(self.paths.specs, json.dumps(specs, sort_keys=True))
 
     def _bring(self, edge: proxy.EdgeProxy, table: t.RoutingTable, emit: H.Emit) -> None:

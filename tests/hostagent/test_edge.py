@@ -60,6 +60,35 @@ def test_a_malformed_spec_is_refused_and_raised_as_an_alarm(tmp_path: Path) -> N
     assert seen.state == observed.RunState.STOPPED  # a state the protocol knows
 
 
+def test_a_refresh_clears_only_an_alarm_it_raised(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # A supervisor or autostop refresh serves the same specs, so a failed update's alarm
+    # stays (lab: an idle machine stopping cleared it before anyone could read it)
+    e = _edge(tmp_path)
+    monkeypatch.setattr(e, "_bring", lambda *_: None)  # no HAProxy here: the table is enough
+    monkeypatch.setattr(edge, "align_wakers", lambda *_: None)
+    e.paths.specs.parent.mkdir(parents=True, exist_ok=True)
+    e.paths.specs.write_text(json.dumps({"hello": HELLO}))
+    broken = {"app": "echo", "routes": {"be_echo_0_tcp": {}}}
+    with pytest.raises(ProviderError):
+        edge.RouteHandler(e).create("echo", broken, lambda *_: None)
+    e.change({}, frozenset, lambda *_: None)
+    assert "malformed route spec" in (e.alarm() or "")
+    table = e.table
+
+    def refused(*_: object) -> t.RoutingTable:
+        raise ProviderError("proxy: HAProxy refused the configuration")
+
+    monkeypatch.setattr(e, "table", refused)
+    with pytest.raises(ProviderError):
+        e.change({}, frozenset, lambda *_: None)
+    assert e.alarm() == edge.REFRESH + "proxy: HAProxy refused the configuration"
+    monkeypatch.setattr(e, "table", table)
+    e.change({}, frozenset, lambda *_: None)  # the next refresh succeeds: its own alarm goes
+    assert e.alarm() is None
+
+
 def test_leaving_servers_drain_in_place_before_they_go() -> None:
     w = world()
     live = spec.assemble(
